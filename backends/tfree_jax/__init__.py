@@ -1,0 +1,1 @@
+"""tfree for jax (work in progress)."""

@@ -1,0 +1,1 @@
+"""tfree for tf (work in progress)."""

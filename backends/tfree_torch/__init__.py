@@ -1,0 +1,1 @@
+"""tfree for torch (work in progress)."""

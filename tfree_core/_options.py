@@ -1,0 +1,101 @@
+"""Hyper-parameters of the loss, validated once and frozen (hashable: usable as a static
+argument under ``jax.jit`` and as a closure constant under ``tf.function``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+LOGIT_MAPS = ("arctanh", "temperature")
+REDUCTIONS = ("mean", "sum", "none")
+DEFAULT_EPS = 1e-6
+NORM_FLOOR = 1e-12
+"""δ of SPEC §2.1: rows with a smaller norm are "zero rows" (as ``torch.nn.functional.normalize``)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The hyper-parameters shared by every loss (SPEC §2.4, §2.7, §2.9)."""
+
+    logit_map: str = "arctanh"
+    temperature: float | None = None
+    eps: float = DEFAULT_EPS
+    reduction: str = "mean"
+
+    def clip_bound(self, float64: bool) -> float:
+        """``b``: the largest compute-dtype value ``<= 1 - eps`` (SPEC §2.4)."""
+        return clip_bound(self.eps, float64=float64)
+
+
+def _is_real_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+
+
+def make_options(
+    *,
+    logit_map: str = "arctanh",
+    temperature: float | None = None,
+    eps: float = DEFAULT_EPS,
+    reduction: str = "mean",
+) -> Options:
+    """Validate the hyper-parameters and freeze them.
+
+    Raises ``ValueError`` / ``TypeError`` naming the argument, the value it got and what
+    it needs.
+    """
+    if logit_map not in LOGIT_MAPS:
+        raise ValueError(f"logit_map must be one of {LOGIT_MAPS}; got {logit_map!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    if logit_map == "temperature":
+        if temperature is None:
+            raise ValueError(
+                "temperature is required with logit_map='temperature' (a float > 0); got None"
+            )
+        if not _is_real_number(temperature):
+            raise TypeError(
+                f"temperature must be a Python float > 0; got {type(temperature).__name__}"
+            )
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite float > 0; got {temperature!r}")
+        temperature = float(temperature)
+    elif temperature is not None:
+        raise ValueError(
+            "temperature is only used with logit_map='temperature'; the default map "
+            f"'arctanh' has no temperature. Got temperature={temperature!r}"
+        )
+    if not _is_real_number(eps):
+        raise TypeError(f"eps must be a Python float in (0, 0.5); got {type(eps).__name__}")
+    eps = float(eps)
+    if not (0.0 < eps < 0.5):
+        raise ValueError(f"eps must lie in the open interval (0, 0.5); got {eps!r}")
+    return Options(logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction)
+
+
+def check_eps_for_dtype(options: Options, float64: bool) -> None:
+    """SPEC §2.4: ``1 - eps`` must stay below 1 in the compute dtype, else the clip is void."""
+    if options.logit_map != "arctanh":
+        return
+    real = np.float64 if float64 else np.float32
+    if real(1.0 - options.eps) >= 1.0:
+        name = "float64" if float64 else "float32"
+        tiny = float(np.finfo(real).epsneg)
+        raise ValueError(
+            f"eps={options.eps!r} is too small for the {name} compute dtype: 1 - eps rounds "
+            f"to 1, so the logit would be unbounded; eps needs to be at least about {tiny:.3g}"
+        )
+
+
+def clip_bound(eps: float, *, float64: bool) -> float:
+    """The largest float32 (or float64) value ``<= 1 - eps``, computed exactly."""
+    real = np.float64 if float64 else np.float32
+    exact = 1 - Fraction(eps)
+    bound = real(1.0 - eps)
+    while Fraction(float(bound)) > exact:
+        bound = np.nextafter(bound, real(0))
+    while Fraction(float(np.nextafter(bound, real(2)))) <= exact:
+        bound = np.nextafter(bound, real(2))
+    return float(bound)
