@@ -37,6 +37,14 @@ class Problem:
     float64: bool = False  # the compute dtype: float64, or float32 for every other float
 
 
+ARRAY_NAMES = {
+    "pairs": ("query", "key", "labels", "where"),
+    "negatives": ("query", "key", "negatives", "where"),
+    "nt_xent": ("z1", "z2", "where"),
+    "sup_con": ("features", "labels", "where"),
+    "similarity": ("similarity", "positive_mask", "valid_mask", "where"),
+}
+
 # Differentiable inputs of each layout, in the order of the gradients returned.
 DIFFERENTIABLE = {
     "pairs": ("query", "key"),
@@ -140,6 +148,7 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
         raise ValueError(f"unknown layout {layout!r}")
     if where is not None:
         check.check_mask("where", where, (arrays[0].shape[0],), xp)
+    check.check_same_device(list(zip(ARRAY_NAMES[layout], arrays, strict=True)))
     problem = Problem(layout, options, symmetric, dtypes, views, dtypes[0] == xp.float64)
     check_eps_for_dtype(options, problem.float64)
     return problem

@@ -99,7 +99,7 @@ class TemperatureMap:
         return xp.where(xp.isfinite(m), m, scalar(0.0, m, xp))
 
     def ratio(self, s: Array, shift: Array, valid: Array | None, xp: Namespace) -> Array:
-        """``R = exp(s/τ - m)``; excluded entries go to ``exp(-inf) = 0`` before they can overflow."""
+        """``R = exp(s/τ - m)``; excluded entries become ``exp(-inf) = 0`` before they overflow."""
         exponent = s / self.temperature - shift
         if valid is not None:
             exponent = xp.where(valid, exponent, scalar(-float("inf"), s, xp))

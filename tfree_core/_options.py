@@ -13,7 +13,7 @@ LOGIT_MAPS = ("arctanh", "temperature")
 REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_EPS = 1e-6
 NORM_FLOOR = 1e-12
-"""δ of SPEC §2.1: rows with a smaller norm are "zero rows" (as ``torch.nn.functional.normalize``)."""
+"""δ of SPEC §2.1: rows with a smaller norm are "zero rows" (as torch's ``F.normalize``)."""
 
 
 @dataclass(frozen=True)

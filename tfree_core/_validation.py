@@ -120,3 +120,17 @@ def check_positive_inside_valid(positive: Array, valid: Array, xp: Namespace) ->
             "positive_mask must lie inside valid_mask (SPEC §3): "
             f"{int(xp.sum(xp.astype(outside, xp.int64)))} positive entries are not valid"
         )
+
+
+def check_same_device(named: Sequence[tuple[str, Array | None]]) -> None:
+    """All arrays on one device, where the library can tell (not under ``jax.jit``)."""
+    from ._namespace import device_of
+
+    present = [(name, x, device_of(x)) for name, x in named if x is not None]
+    known = [(name, dev) for name, _, dev in present if dev is not None]
+    for name, dev in known[1:]:
+        if dev != known[0][1]:
+            raise ValueError(
+                f"{name} is on device {dev} but {known[0][0]} is on device {known[0][1]}; "
+                "all arrays of one call must share a device"
+            )

@@ -1,0 +1,64 @@
+"""Shared fixtures: the array namespaces the core is tested on, skipping what is absent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+CORE_BACKENDS = ("numpy", "array_api_strict")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _strict_2023_12():
+    """Pin array-api-strict to the 2023.12 standard the core targets."""
+    try:
+        import array_api_strict
+    except ImportError:
+        yield
+        return
+    array_api_strict.set_array_api_strict_flags(api_version="2023.12")
+    yield
+    array_api_strict.reset_array_api_strict_flags()
+
+
+@pytest.fixture(params=CORE_BACKENDS)
+def xp(request):
+    if request.param == "numpy":
+        return np
+    return pytest.importorskip("array_api_strict")
+
+
+@pytest.fixture
+def device(xp):
+    """A non-default device where the namespace has fake ones (catches device bugs on CPU)."""
+    if xp is np:
+        return None
+    return xp.Device("device1")
+
+
+@pytest.fixture
+def to_xp(xp, device):
+    def convert(a):
+        if a is None:
+            return None
+        return xp.asarray(a) if device is None else xp.asarray(a, device=device)
+
+    return convert
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20250129)
+
+
+@pytest.fixture
+def to_np(xp, device):
+    """Back to NumPy, checking on the way that the result stayed on the inputs' device."""
+
+    def convert(a):
+        if device is None:
+            return np.asarray(a)
+        assert a.device == device, f"result on {a.device}, inputs on {device}"
+        return np.asarray(a.to_device(xp.Device("CPU_DEVICE")))
+
+    return convert
