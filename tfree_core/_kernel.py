@@ -1,12 +1,11 @@
-"""The masked softmax cross-entropy on a similarity matrix, and its analytic gradient.
+"""The softmax cross-entropy on a similarity matrix, and its analytic gradient.
 
-Every layout reduces to this (SPEC §2.5-§2.6, "Analytic gradient"): a similarity matrix
-``S`` (n × m), a candidate mask ``C`` (``valid``; ``None`` means all) and a positive mask
-``P ⊆ C``. Anchors lie along rows (``axis=1``: reduce over the columns) or along columns
-(``axis=0``), or both for a symmetric loss, which then shares one matrix and one pass.
+Every layout reduces to this (SPEC §2.5-§2.6, "Analytic gradient"). Anchors lie along
+rows (``axis=1``: reduce over the columns) or along columns (``axis=0``), or both for a
+symmetric loss, which then shares one matrix.
 
 Per anchor ``i``, with ratios ``R_ij = exp(ℓ_ij - shift_i)`` (see ``_maps``),
-``Q_i = Σ_{j∈P(i)} R_ij`` and ``N_i = Σ_{j∈C(i)∖P(i)} R_ij``::
+``Q_i = Σ_{p∈P(i)} R_ip`` and ``N_i = Σ_{j∈C(i)∖P(i)} R_ij``::
 
     L_i = -(1/|P(i)|) Σ_{p∈P(i)} [ℓ_ip - logsumexp_{j∈C(i)} ℓ_ij]
 
@@ -14,8 +13,16 @@ and, with ``Z_i = Q_i + N_i`` and ``A_i`` the reduction's weight of anchor ``i``
 
     ∂L/∂S_ij = A_i · (R_ij/Z_i - 1[j∈P(i)]/|P(i)|) · φ'(S_ij)    for j ∈ C(i), else 0.
 
-For a positive the bracket is written ``((R_ip - Q_i/|P|) - N_i/|P|)/Z_i``: with one
-positive it is ``-N_i/Z_i`` exactly, so ``1 - P₊`` never cancels near ``s₊ → 1``.
+Two kernels share these formulas:
+
+* **single positive** (pairs, NT-Xent, explicit negatives): each anchor has at most one
+  positive, given as a vector ``s_p`` of similarities; the matrix holds the candidates and
+  ``keep`` marks the negatives among them. On the positive the gradient is
+  ``-A_i·φ'(s_p)·N_i/Z_i`` exactly (``1 - P₊ = N/Z``: no cancellation near ``s₊ → 1``),
+  returned as a vector for the layout to apply with its own structure (a diagonal, a
+  permutation, a separate key), so no N×N mask of positives is ever needed.
+* **masked** (labels, SupCon, similarity level): positives as an N×M boolean mask; on a
+  positive the bracket is ``((R_ip - Q_i/|P|) - N_i/|P|)/Z_i``.
 """
 
 from __future__ import annotations
@@ -27,95 +34,149 @@ from ._namespace import Array, Namespace, scalar
 
 
 def along(v: Array, axis: int) -> Array:
-    """Broadcast a per-anchor vector over the matrix whose anchors lie on ``axis``'s rows/cols."""
+    """Broadcast a per-anchor vector over the matrix whose anchors lie on ``axis``."""
     return v[:, None] if axis == 1 else v[None, :]
 
 
+def _safe(values: Array, live: Array, xp: Namespace) -> Array:
+    return xp.where(live, values, scalar(1.0, values, xp))
+
+
+# --------------------------------------------------------------------------- single positive
+
+
 @dataclass
-class AnchorStats:
-    """Per-anchor statistics of one direction, all the backward needs besides ``S``."""
+class SingleStats:
+    """What the backward needs of one direction, besides the matrix."""
+
+    negatives: Array  # N_i
+    s_positive: Array  # s_p
+    has_positive: Array  # bool
+    shift: Array | None  # the temperature map's max-shift
+
+
+def single_losses(
+    s: Array,
+    s_positive: Array,
+    keep: Array | None,
+    has_positive: Array,
+    fmap: LogitMap,
+    axis: int,
+    xp: Namespace,
+    ratio: Array | None = None,
+) -> tuple[Array, SingleStats, Array]:
+    """Per-anchor ``L_i`` (0 without a positive); also returns the ratio matrix for reuse
+    by the other direction of a symmetric loss (it is shift-free for ``arctanh``)."""
+    shift = fmap.shift(s, keep, axis, xp)
+    if shift is not None:
+        shift = fmap.single_shift(shift, s_positive, xp)
+    if ratio is None or fmap.needs_shift:
+        ratio = fmap.ratio(s, None if shift is None else along(shift, axis), keep, xp)
+    negatives = xp.sum(ratio, axis=axis)
+    loss = fmap.single_loss(negatives, s_positive, shift, xp)
+    loss = xp.where(has_positive, loss, scalar(0.0, loss, xp))
+    return loss, SingleStats(negatives, s_positive, has_positive, shift), ratio
+
+
+def single_gradient(
+    s: Array,
+    keep: Array | None,
+    fmap: LogitMap,
+    directions: tuple[tuple[int, SingleStats, Array], ...],
+    xp: Namespace,
+) -> tuple[Array, tuple[Array, ...]]:
+    """``(G, g_p)``: ``G = ∂(Σ_i A_i L_i)/∂S`` on the matrix (0 on dropped entries) and, per
+    direction, the gradient ``g_p`` w.r.t. each anchor's positive similarity.
+
+    ``directions`` holds ``(axis, stats, A)``; ``A`` must be 0 for anchors without a positive.
+    """
+    per_anchor = []
+    positive_grads = []
+    for axis, st, coef in directions:
+        r_positive = fmap.positive_ratio(st.s_positive, st.shift, xp)
+        total = _safe(st.negatives + r_positive, st.has_positive, xp)
+        scaled = coef / total
+        per_anchor.append((axis, scaled, st.shift))
+        positive_grads.append(-scaled * fmap.slope(st.s_positive, xp) * st.negatives)
+    if not fmap.needs_shift:
+        g = fmap.weight(s, None, keep, xp)
+        if len(per_anchor) == 1:
+            axis, scaled, _ = per_anchor[0]
+            g *= along(scaled, axis)
+        else:
+            g *= sum(along(scaled, axis) for axis, scaled, _ in per_anchor)
+        return g, tuple(positive_grads)
+    g = None
+    for axis, scaled, shift in per_anchor:
+        w = fmap.weight(s, along(shift, axis), keep, xp)
+        w *= along(scaled, axis)
+        g = w if g is None else g + w
+    return g, tuple(positive_grads)
+
+
+# --------------------------------------------------------------------------- masked positives
+
+
+@dataclass
+class MaskedStats:
+    """Per-anchor statistics of one direction for the masked kernel."""
 
     negatives: Array  # N_i
     positives: Array  # Q_i
     count: Array  # |P(i)|, in the compute dtype
-    shift: Array | None  # the temperature map's max-shift
-    s_positive: Array | None  # the single positive's similarity (single-positive layouts)
-
-    def arrays(self) -> tuple[Array | None, ...]:
-        return (self.negatives, self.positives, self.count, self.shift, self.s_positive)
+    shift: Array | None
 
 
-def _count(positive: Array, axis: int, dtype: object, xp: Namespace) -> Array:
-    return xp.sum(xp.astype(positive, dtype), axis=axis)
-
-
-def anchor_losses(
+def masked_losses(
     s: Array,
     positive: Array,
     valid: Array | None,
     fmap: LogitMap,
     axis: int,
-    single_positive: bool,
     xp: Namespace,
-) -> tuple[Array, AnchorStats]:
-    """Per-anchor losses ``L_i`` along one direction (0 for anchors without a positive)."""
+) -> tuple[Array, MaskedStats]:
+    """Per-anchor losses along one direction (0 for anchors without a positive)."""
     shift = fmap.shift(s, valid, axis, xp)
     shift_b = None if shift is None else along(shift, axis)
     ratio = fmap.ratio(s, shift_b, valid, xp)
     zero = scalar(0.0, s, xp)
     negatives = xp.sum(xp.where(positive, zero, ratio), axis=axis)
     positives = xp.sum(xp.where(positive, ratio, zero), axis=axis)
-    count = _count(positive, axis, s.dtype, xp)
+    count = xp.sum(xp.astype(positive, s.dtype), axis=axis)
     has_positive = count > 0
-    safe_positives = xp.where(has_positive, positives, scalar(1.0, positives, xp))
-    s_positive = None
-    if single_positive:
-        # One non-zero term plus zeros: the sum is the positive's similarity, bit for bit.
-        s_positive = xp.sum(xp.where(positive, s, zero), axis=axis)
-        mean_log = fmap.single_log_ratio(s_positive, shift, xp)
-    else:
-        safe_count = xp.where(has_positive, count, scalar(1.0, count, xp))
-        logs = fmap.log_ratio(s, ratio, shift_b, positive, xp)
-        mean_log = xp.sum(logs, axis=axis) / safe_count
-    loss = fmap.anchor_loss(negatives, safe_positives, mean_log, xp)
+    logs = fmap.log_ratio(s, ratio, shift_b, positive, xp)
+    mean_log = xp.sum(logs, axis=axis) / _safe(count, has_positive, xp)
+    loss = fmap.anchor_loss(negatives, _safe(positives, has_positive, xp), mean_log, xp)
     loss = xp.where(has_positive, loss, scalar(0.0, loss, xp))
-    return loss, AnchorStats(negatives, positives, count, shift, s_positive)
+    return loss, MaskedStats(negatives, positives, count, shift)
 
 
-def similarity_gradient(
+def masked_gradient(
     s: Array,
     positive: Array,
     valid: Array | None,
     fmap: LogitMap,
-    directions: tuple[tuple[int, AnchorStats, Array], ...],
+    directions: tuple[tuple[int, MaskedStats, Array], ...],
     xp: Namespace,
 ) -> Array:
     """``G = ∂(Σ_i A_i L_i)/∂S`` summed over directions ``(axis, stats, A)``.
 
     ``A`` must already be 0 for anchors without a positive.
     """
-    zero = scalar(0.0, s, xp)
-    spread = zero  # G on non-positive candidates
-    on_positive = zero  # G on positives
-    shared_weight = None if fmap.needs_shift else fmap.weight(s, None, valid, xp)
-    for axis, stats, coef in directions:
-        has_positive = stats.count > 0
-        total = stats.negatives + stats.positives
-        safe_total = xp.where(has_positive, total, scalar(1.0, total, xp))
-        per_anchor = coef / safe_total
-        shift_b = None if stats.shift is None else along(stats.shift, axis)
-        weight = shared_weight
-        if weight is None:
-            weight = fmap.weight(s, shift_b, valid, xp)
-        spread = spread + weight * along(per_anchor, axis)
-        if stats.s_positive is not None:
-            slope = fmap.slope(stats.s_positive, xp)
-            on_positive = on_positive + along(-per_anchor * slope * stats.negatives, axis)
-        else:
-            safe_count = xp.where(has_positive, stats.count, scalar(1.0, stats.count, xp))
-            ratio = fmap.ratio(s, shift_b, valid, xp)
-            centred = (ratio - along(stats.positives / safe_count, axis)) - along(
-                stats.negatives / safe_count, axis
-            )
-            on_positive = on_positive + fmap.slope(s, xp) * centred * along(per_anchor, axis)
+    spread = None  # G on the non-positive candidates
+    on_positive = None  # G on the positives
+    for axis, st, coef in directions:
+        has_positive = st.count > 0
+        scaled = along(coef / _safe(st.negatives + st.positives, has_positive, xp), axis)
+        safe_count = _safe(st.count, has_positive, xp)
+        shift_b = None if st.shift is None else along(st.shift, axis)
+        w = fmap.weight(s, shift_b, valid, xp)
+        w *= scaled
+        spread = w if spread is None else spread + w
+        centred = fmap.ratio(s, shift_b, valid, xp)
+        centred -= along(st.positives / safe_count, axis)
+        centred -= along(st.negatives / safe_count, axis)
+        centred *= fmap.slope(s, xp)
+        centred *= scaled
+        on_positive = centred if on_positive is None else on_positive + centred
     return xp.where(positive, on_positive, spread)

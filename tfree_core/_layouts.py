@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _validation as check
-from ._kernel import AnchorStats, anchor_losses, similarity_gradient
+from ._kernel import (
+    MaskedStats,
+    SingleStats,
+    masked_gradient,
+    masked_losses,
+    single_gradient,
+    single_losses,
+)
 from ._maps import make_map
 from ._namespace import Array, Namespace, cast_like, device_of, to_compute
 from ._normalize import normalize, normalize_vjp
@@ -35,6 +42,12 @@ class Problem:
     dtypes: tuple[Any, ...] = ()
     views: int = 0  # sup_con with (N, V, D) features; 0 for (N, D)
     float64: bool = False  # the compute dtype: float64, or float32 for every other float
+    masked: bool = False  # positives given by a mask (labels, SupCon, similarity level)
+
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """Directions: anchors along rows (1), and along columns (0) when symmetric."""
+        return (1, 0) if self.symmetric else (1,)
 
 
 ARRAY_NAMES = {
@@ -66,20 +79,6 @@ def _index(n: int, like: Array, xp: Namespace) -> Array:
 def _eye_mask(n: int, like: Array, xp: Namespace) -> Array:
     idx = _index(n, like, xp)
     return idx[:, None] == idx[None, :]
-
-
-def _restrict(positive: Array, valid: Array | None, xp: Namespace) -> Array:
-    return positive if valid is None else xp.logical_and(positive, valid)
-
-
-def _stats_to_residuals(res: Residuals, stats: list[tuple[int, AnchorStats]]) -> None:
-    for axis, st in stats:
-        for key, value in zip(("neg", "pos", "count", "shift", "spos"), st.arrays(), strict=True):
-            res[f"{key}{axis}"] = value
-
-
-def _stats_from_residuals(res: Residuals, axis: int) -> AnchorStats:
-    return AnchorStats(*(res[f"{k}{axis}"] for k in ("neg", "pos", "count", "shift", "spos")))
 
 
 # --------------------------------------------------------------------------- validation
@@ -149,7 +148,10 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
     if where is not None:
         check.check_mask("where", where, (arrays[0].shape[0],), xp)
     check.check_same_device(list(zip(ARRAY_NAMES[layout], arrays, strict=True)))
-    problem = Problem(layout, options, symmetric, dtypes, views, dtypes[0] == xp.float64)
+    masked = layout in ("sup_con", "similarity") or (layout == "pairs" and arrays[2] is not None)
+    problem = Problem(
+        layout, options, symmetric, dtypes, views, dtypes[0] == xp.float64, masked
+    )
     check_eps_for_dtype(options, problem.float64)
     return problem
 
@@ -166,56 +168,104 @@ def loss_shape(problem: Problem, arrays: tuple[Array | None, ...]) -> tuple[int,
     return (n,)
 
 
+# --------------------------------------------------------------------------- residuals
+
+_NORMALISED = {
+    "pairs": ("uq", "nq", "uk", "nk"),
+    "negatives": ("uq", "nq", "uk", "nk", "un", "nn"),
+    "nt_xent": ("u", "norm"),
+    "sup_con": ("u", "norm"),
+    "similarity": (),
+}
+
+
+def residual_keys(problem: Problem) -> tuple[str, ...]:
+    """The names of the residuals of ``problem``, in order (a function of the static
+    problem only, so backends can allocate for them before tracing)."""
+    per_axis = ("neg", "pos", "count", "shift") if problem.masked else (
+        "neg", "spos", "has", "shift")
+    matrices = ("s", "positive", "valid") if problem.masked else ("s", "keep")
+    stats = tuple(f"{k}{axis}" for axis in problem.axes for k in per_axis)
+    return _NORMALISED[problem.layout] + matrices + stats
+
+
+def _store(res: Residuals, axis: int, stats: SingleStats | MaskedStats) -> None:
+    if isinstance(stats, MaskedStats):
+        values = {"neg": stats.negatives, "pos": stats.positives, "count": stats.count}
+    else:
+        values = {"neg": stats.negatives, "spos": stats.s_positive, "has": stats.has_positive}
+    values["shift"] = stats.shift
+    for key, value in values.items():
+        res[f"{key}{axis}"] = value
+
+
+def _load(res: Residuals, axis: int, masked: bool) -> SingleStats | MaskedStats:
+    if masked:
+        return MaskedStats(res[f"neg{axis}"], res[f"pos{axis}"], res[f"count{axis}"],
+                           res[f"shift{axis}"])
+    return SingleStats(res[f"neg{axis}"], res[f"spos{axis}"], res[f"has{axis}"],
+                       res[f"shift{axis}"])
+
+
+def _partner(n2: int, like: Array, xp: Namespace) -> Array:
+    """NT-Xent's positive of row ``i``: the other view ``i ± N``."""
+    idx = _index(n2, like, xp)
+    half = n2 // 2
+    return xp.where(idx < half, idx + half, idx - half)
+
+
+def _all_true(n: int, like: Array, xp: Namespace) -> Array:
+    return _index(n, like, xp) >= 0
+
+
 # --------------------------------------------------------------------------- forward
 
 
-def _matrix(problem: Problem, arrays: tuple, xp: Namespace, check_values: bool):
-    """Normalised embeddings, ``S``, masks, directions; also the residuals to keep."""
+def _build(problem: Problem, arrays: tuple, xp: Namespace, check_values: bool):
+    """Normalise, build ``S`` and the masks. Returns the residuals so far and, for the
+    single-positive kernel, ``(s_positive, has_positive)``."""
     res: Residuals = {}
     layout = problem.layout
-    if layout == "pairs":
-        query, key, labels, where = arrays
+    single = None
+    if layout in ("pairs", "negatives"):
+        query, key, third, where = arrays
         uq, nq = normalize(to_compute(query, xp), xp)
         uk, nk = normalize(to_compute(key, xp), xp)
-        s = uq @ xp.matrix_transpose(uk)
-        if labels is None:
-            positive = _eye_mask(s.shape[0], s, xp)
-        else:
-            positive = labels[:, None] == labels[None, :]
-        valid = None if where is None else _outer_and(where, xp)
         res.update(uq=uq, nq=nq, uk=uk, nk=nk)
-        axes = (1, 0) if problem.symmetric else (1,)
-        single = labels is None
-    elif layout == "negatives":
-        query, key, negatives, where = arrays
-        uq, nq = normalize(to_compute(query, xp), xp)
-        uk, nk = normalize(to_compute(key, xp), xp)
-        un, nn = normalize(to_compute(negatives, xp), xp)
-        s_pos = xp.sum(uq * uk, axis=1)
-        if len(negatives.shape) == 2:
-            s_neg = uq @ xp.matrix_transpose(un)
+        n = uq.shape[0]
+        if layout == "pairs":
+            s = uq @ xp.matrix_transpose(uk)
         else:
-            s_neg = (uq[:, None, :] @ xp.matrix_transpose(un))[:, 0, :]
-        s = xp.concat([s_pos[:, None], s_neg], axis=1)
-        n, m = s.shape
-        positive = xp.broadcast_to(_index(m, s, xp)[None, :] == 0, (n, m))
-        valid = None if where is None else xp.broadcast_to(where[:, None], (n, m))
-        res.update(uq=uq, nq=nq, uk=uk, nk=nk, un=un, nn=nn)
-        axes, single = (1,), True
+            un, nn = normalize(to_compute(third, xp), xp)
+            res.update(un=un, nn=nn)
+            if len(un.shape) == 2:
+                s = uq @ xp.matrix_transpose(un)
+            else:
+                s = (uq[:, None, :] @ xp.matrix_transpose(un))[:, 0, :]
+        if problem.masked:  # pairs with labels
+            positive = third[:, None] == third[None, :]
+            valid = None if where is None else _outer_and(where, xp)
+        else:
+            has = _all_true(n, s, xp) if where is None else where
+            single = (xp.sum(uq * uk, axis=1), has)
+            keep = None
+            if layout == "pairs":
+                keep = xp.logical_not(_eye_mask(n, s, xp))
+                if where is not None:
+                    keep = xp.logical_and(keep, where[None, :])
     elif layout == "nt_xent":
         z1, z2, where = arrays
         u, norm = normalize(to_compute(xp.concat([z1, z2], axis=0), xp), xp)
+        res.update(u=u, norm=norm)
         s = u @ xp.matrix_transpose(u)
         n2 = s.shape[0]
-        idx = _index(n2, s, xp)
-        half = n2 // 2
-        partner = xp.where(idx < half, idx + half, idx - half)
-        positive = idx[None, :] == partner[:, None]
-        valid = idx[:, None] != idx[None, :]
+        idx, partner = _index(n2, s, xp), _partner(n2, s, xp)
+        keep = xp.logical_and(idx[:, None] != idx[None, :], idx[None, :] != partner[:, None])
+        has = _all_true(n2, s, xp)
         if where is not None:
-            valid = xp.logical_and(valid, _outer_and(xp.concat([where, where]), xp))
-        res.update(u=u, norm=norm)
-        axes, single = (1,), True
+            has = xp.concat([where, where])
+            keep = xp.logical_and(keep, has[None, :])
+        single = (xp.sum(u * xp.take(u, partner, axis=0), axis=1), has)
     elif layout == "sup_con":
         features, labels, where = arrays
         flat = to_compute(features, xp)
@@ -225,12 +275,12 @@ def _matrix(problem: Problem, arrays: tuple, xp: Namespace, check_values: bool):
             labels = xp.concat([labels] * v)
             where = None if where is None else xp.concat([where] * v)
         u, norm = normalize(flat, xp)
-        s = u @ xp.matrix_transpose(u)
-        not_self = xp.logical_not(_eye_mask(s.shape[0], s, xp))
-        valid = not_self if where is None else xp.logical_and(not_self, _outer_and(where, xp))
-        positive = labels[:, None] == labels[None, :]
         res.update(u=u, norm=norm)
-        axes, single = (1,), False
+        s = u @ xp.matrix_transpose(u)
+        valid = xp.logical_not(_eye_mask(s.shape[0], s, xp))
+        if where is not None:
+            valid = xp.logical_and(valid, _outer_and(where, xp))
+        positive = labels[:, None] == labels[None, :]
     else:  # similarity
         similarity, positive, valid, where = arrays
         if check_values and valid is not None:
@@ -239,30 +289,42 @@ def _matrix(problem: Problem, arrays: tuple, xp: Namespace, check_values: bool):
         if where is not None:
             rows = xp.broadcast_to(where[:, None], s.shape)
             valid = rows if valid is None else xp.logical_and(valid, rows)
-        axes, single = (1,), False
-    positive = _restrict(positive, valid, xp)
-    res.update(s=s, positive=positive, valid=valid)
-    return res, axes, single
+    if problem.masked:
+        if valid is not None:
+            positive = xp.logical_and(positive, valid)
+        res.update(s=s, positive=positive, valid=valid)
+    else:
+        res.update(s=s, keep=keep)
+    return res, single
 
 
 def forward(
     problem: Problem, arrays: tuple, xp: Namespace, check_values: bool = True
 ) -> tuple[Array, Residuals]:
     """The loss (in the compute dtype) and the residuals its analytic gradient needs."""
-    res, axes, single = _matrix(problem, arrays, xp, check_values)
+    res, single = _build(problem, arrays, xp, check_values)
     fmap = make_map(problem.options, problem.float64)
     reduction = problem.options.reduction
-    losses, stats = [], []
-    for axis in axes:
-        loss, st = anchor_losses(res["s"], res["positive"], res["valid"], fmap, axis, single, xp)
-        losses.append(reduce(loss, st.count, reduction, xp))
-        stats.append((axis, st))
-    _stats_to_residuals(res, stats)
+    losses = []
+    ratio = None
+    for axis in problem.axes:
+        stats: SingleStats | MaskedStats
+        if problem.masked:
+            loss, stats = masked_losses(res["s"], res["positive"], res["valid"], fmap, axis, xp)
+            count = stats.count
+        else:
+            s_positive, has = single
+            loss, stats, ratio = single_losses(
+                res["s"], s_positive, res["keep"], has, fmap, axis, xp, ratio
+            )
+            count = xp.astype(has, loss.dtype)
+        losses.append(reduce(loss, count, reduction, xp))
+        _store(res, axis, stats)
     loss = losses[0] if len(losses) == 1 else (losses[0] + losses[1]) / 2
     if reduction == "none" and problem.layout == "sup_con" and problem.views:
         n = arrays[0].shape[0]
         loss = xp.matrix_transpose(xp.reshape(loss, (problem.views, n)))
-    return loss, res
+    return loss, {key: res.get(key) for key in residual_keys(problem)}
 
 
 # --------------------------------------------------------------------------- backward
@@ -278,43 +340,65 @@ def backward(
     reduction = problem.options.reduction
     if reduction == "none" and problem.layout == "sup_con" and problem.views:
         cotangent = xp.reshape(xp.matrix_transpose(cotangent), (-1,))
-    axes = (1, 0) if "count0" in res else (1,)
-    scale = 0.5 if len(axes) == 2 else 1.0
-    directions = []
-    for axis in axes:
-        st = _stats_from_residuals(res, axis)
-        directions.append((axis, st, anchor_weights(st.count, reduction, cotangent, scale, xp)))
+    scale = 0.5 if problem.symmetric else 1.0
     fmap = make_map(problem.options, problem.float64)
-    g = similarity_gradient(s, res["positive"], res["valid"], fmap, tuple(directions), xp)
-    layout = problem.layout
-    if layout == "pairs":
-        dq = normalize_vjp(res["uq"], res["nq"], g @ res["uk"], xp)
-        dk = normalize_vjp(res["uk"], res["nk"], xp.matrix_transpose(g) @ res["uq"], xp)
-        grads: tuple[Array, ...] = (dq, dk)
-    elif layout == "negatives":
-        uq, uk, un = res["uq"], res["uk"], res["un"]
-        g_pos, g_neg = g[:, 0:1], g[:, 1:]
-        if len(un.shape) == 2:
-            duq_neg = g_neg @ un
-            dun = xp.matrix_transpose(g_neg) @ uq
-        else:
-            duq_neg = (g_neg[:, None, :] @ un)[:, 0, :]
-            dun = g_neg[:, :, None] * uq[:, None, :]
-        dq = normalize_vjp(uq, res["nq"], g_pos * uk + duq_neg, xp)
-        dk = normalize_vjp(uk, res["nk"], g_pos * uq, xp)
-        grads = (dq, dk, normalize_vjp(un, res["nn"], dun, xp))
-    elif layout in ("nt_xent", "sup_con"):
-        u = res["u"]
-        dz = normalize_vjp(u, res["norm"], (g + xp.matrix_transpose(g)) @ u, xp)
-        if layout == "nt_xent":
-            half = dz.shape[0] // 2
-            grads = (dz[:half, :], dz[half:, :])
-        elif problem.views:
-            rows, d = dz.shape
-            v = problem.views
-            grads = (xp.permute_dims(xp.reshape(dz, (v, rows // v, d)), (1, 0, 2)),)
-        else:
-            grads = (dz,)
+    directions = []
+    for axis in problem.axes:
+        st = _load(res, axis, problem.masked)
+        count = st.count if problem.masked else xp.astype(st.has_positive, s.dtype)
+        directions.append((axis, st, anchor_weights(count, reduction, cotangent, scale, xp)))
+    if problem.masked:
+        g = masked_gradient(s, res["positive"], res["valid"], fmap, tuple(directions), xp)
+        g_positive = None
     else:
-        grads = (g,)
+        g, per_direction = single_gradient(s, res["keep"], fmap, tuple(directions), xp)
+        g_positive = per_direction[0] if len(per_direction) == 1 else (
+            per_direction[0] + per_direction[1])
+    grads = _embedding_gradients(problem, res, g, g_positive, xp)
     return tuple(cast_like(gr, dt, xp) for gr, dt in zip(grads, problem.dtypes, strict=True))
+
+
+def _embedding_gradients(
+    problem: Problem, res: Residuals, g: Array, g_positive: Array | None, xp: Namespace
+) -> tuple[Array, ...]:
+    """Send ``G = ∂L/∂S`` (and the positives' ``g_p``) back through ``S`` and the
+    normalisation: ``dU_a = G·U_c``, ``dU_c = Gᵀ·U_a``, ``dz = (du - u⟨u,du⟩)/‖z‖``."""
+    layout = problem.layout
+    if layout in ("pairs", "negatives"):
+        uq, uk = res["uq"], res["uk"]
+        if layout == "pairs":
+            duq = g @ uk
+            duk = xp.matrix_transpose(g) @ uq
+        else:
+            un = res["un"]
+            if len(un.shape) == 2:
+                duq = g @ un
+                dun = xp.matrix_transpose(g) @ uq
+            else:
+                duq = (g[:, None, :] @ un)[:, 0, :]
+                dun = g[:, :, None] * uq[:, None, :]
+            duk = xp.zeros_like(uk)
+        if g_positive is not None:  # the positive pair (q_i, k_i), outside the matrix
+            duq = duq + g_positive[:, None] * uk
+            duk = duk + g_positive[:, None] * uq
+        grads = [normalize_vjp(uq, res["nq"], duq, xp), normalize_vjp(uk, res["nk"], duk, xp)]
+        if layout == "negatives":
+            grads.append(normalize_vjp(un, res["nn"], dun, xp))
+        return tuple(grads)
+    if layout == "similarity":
+        return (g,)
+    u = res["u"]
+    du = (g + xp.matrix_transpose(g)) @ u
+    if g_positive is not None:  # NT-Xent: pair (i, partner(i)) contributes both ways
+        partner = _partner(u.shape[0], u, xp)
+        both = g_positive + xp.take(g_positive, partner, axis=0)
+        du = du + both[:, None] * xp.take(u, partner, axis=0)
+    dz = normalize_vjp(u, res["norm"], du, xp)
+    if layout == "nt_xent":
+        half = dz.shape[0] // 2
+        return (dz[:half, :], dz[half:, :])
+    if problem.views:
+        rows, d = dz.shape
+        v = problem.views
+        return (xp.permute_dims(xp.reshape(dz, (v, rows // v, d)), (1, 0, 2)),)
+    return (dz,)

@@ -11,8 +11,12 @@ The kernel never evaluates a logit directly. It works with *ratios*
   maximum over the anchor's candidates, because ``exp(1/τ)`` overflows for small τ.
 
 Shifts arrive already broadcast against the matrix (the kernel owns the axes). Ratios and
-weights come back masked: 0 outside the candidate set, computed without touching
-``atanh(±1)`` or ``exp`` of an excluded entry (SPEC §2.5).
+weights come back masked: 0 outside ``keep`` (``None`` keeps everything), computed without
+touching ``atanh(±1)`` or ``exp`` of a dropped entry (SPEC §2.5).
+
+Matrix-sized work is written as few fresh temporaries updated with augmented assignment
+(``c *= -1``): in place for NumPy and PyTorch, where each avoided allocation of an N×N
+array saves more than the arithmetic costs; plain rebinding for JAX and TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from ._namespace import Array, Namespace, scalar
 from ._options import Options
 
 
-def _masked(values: Array, mask: Array | None, xp: Namespace) -> Array:
-    return values if mask is None else xp.where(mask, values, scalar(0.0, values, xp))
+def _fresh(x: Array, s: Array, xp: Namespace) -> Array:
+    """``x`` if it is a new array, else a copy: temporaries are updated in place."""
+    return xp.asarray(x, copy=True) if x is s else x
 
 
 class ArctanhMap:
@@ -34,15 +39,29 @@ class ArctanhMap:
         self.bound = options.clip_bound(float64)
 
     def _clip(self, s: Array, xp: Namespace) -> Array:
-        return xp.clip(s, -self.bound, self.bound)
+        return _fresh(xp.clip(s, -self.bound, self.bound), s, xp)
 
-    def shift(self, s: Array, valid: Array | None, axis: int, xp: Namespace) -> None:
+    def shift(self, s: Array, keep: Array | None, axis: int, xp: Namespace) -> None:
         return None
 
-    def ratio(self, s: Array, shift: None, valid: Array | None, xp: Namespace) -> Array:
-        """``R = (1+c)/(1-c) = exp(φ(c))``: no ``exp``, ``log`` or ``atanh`` per element."""
+    def single_shift(self, shift: None, s_positive: Array, xp: Namespace) -> None:
+        return None
+
+    def ratio(self, s: Array, shift: None, keep: Array | None, xp: Namespace) -> Array:
+        """``R = (1+c)/(1-c) = exp(φ(c))``: no ``exp``, ``log`` or ``atanh`` per element;
+        dropped entries become ``c = -1``, hence ``R = 0`` exactly."""
         c = self._clip(s, xp)
-        return _masked((1 + c) / (1 - c), valid, xp)
+        if keep is not None:
+            c = xp.where(keep, c, scalar(-1.0, c, xp))
+        r = 1 + c
+        c *= -1
+        c += 1
+        r /= c
+        return r
+
+    def positive_ratio(self, s_positive: Array, shift: None, xp: Namespace) -> Array:
+        c = xp.clip(s_positive, -self.bound, self.bound)
+        return (1 + c) / (1 - c)
 
     def log_ratio(
         self, s: Array, ratio: Array, shift: None, positive: Array, xp: Namespace
@@ -50,35 +69,45 @@ class ArctanhMap:
         """``log R`` on the positives, 0 elsewhere; the log of the very ratios summed into ``Q``."""
         return xp.log(xp.where(positive, ratio, scalar(1.0, ratio, xp)))
 
-    def single_log_ratio(self, s_positive: Array, shift: None, xp: Namespace) -> None:
-        """With one positive ``log Q = log R_p``: the loss needs no log-ratio at all."""
-        return None
-
     def slope(self, s: Array, xp: Namespace) -> Array:
         """``φ'(s) = 2/(1-s²)`` for ``-b <= s <= b`` (bounds included), else 0."""
-        c = self._clip(s, xp)
+        c = xp.clip(s, -self.bound, self.bound)
         return xp.where(c == s, 2 / ((1 - c) * (1 + c)), scalar(0.0, s, xp))
 
-    def weight(self, s: Array, shift: None, valid: Array | None, xp: Namespace) -> Array:
-        """``R·φ' = 2/(1-c)²`` inside the clip, else 0 (one division, no cancellation)."""
+    def weight(self, s: Array, shift: None, keep: Array | None, xp: Namespace) -> Array:
+        """``R·φ' = 2/(1-c)²`` inside the clip and in ``keep``, else 0.
+
+        Dropped and clamped entries are sent to ``c = -inf`` first, where the same
+        arithmetic gives exactly 0: one mask, one selection.
+        """
         c = self._clip(s, xp)
-        one_minus = 1 - c
-        inside = c == s if valid is None else xp.logical_and(c == s, valid)
-        return xp.where(inside, 2 / (one_minus * one_minus), scalar(0.0, s, xp))
+        inside = c == s
+        if keep is not None:
+            inside = xp.logical_and(inside, keep)
+        c = xp.where(inside, c, scalar(-float("inf"), c, xp))
+        c *= -1
+        c += 1
+        c *= c
+        c **= -1
+        c *= 2
+        return c
+
+    def single_loss(
+        self, negatives: Array, s_positive: Array, shift: None, xp: Namespace
+    ) -> Array:
+        """One positive: ``L = log1p(N/R_p)``, no cancellation however small the loss."""
+        return xp.log1p(negatives / self.positive_ratio(s_positive, None, xp))
 
     def anchor_loss(
-        self, negatives: Array, positives: Array, mean_log_positive: Array | None, xp: Namespace
+        self, negatives: Array, positives: Array, mean_log_positive: Array, xp: Namespace
     ) -> Array:
         """``L = log1p(N/Q) + (log Q - mean_p log R_p)``.
 
         ``N`` sums the non-positive candidates' ratios, ``Q`` the positives'. The bracket is
-        0 for one positive (``mean_log_positive=None``), so a tiny loss keeps its relative
-        precision; for several positives it is ``>= log|P|`` and nothing cancels.
+        0 for one positive (both terms are logs of the same number) and ``>= log|P|`` for
+        several, so nothing cancels.
         """
-        loss = xp.log1p(negatives / positives)
-        if mean_log_positive is None:
-            return loss
-        return loss + (xp.log(positives) - mean_log_positive)
+        return xp.log1p(negatives / positives) + (xp.log(positives) - mean_log_positive)
 
 
 class TemperatureMap:
@@ -90,20 +119,28 @@ class TemperatureMap:
         assert options.temperature is not None
         self.temperature = options.temperature
 
-    def shift(self, s: Array, valid: Array | None, axis: int, xp: Namespace) -> Array:
-        """``m``: the largest candidate logit of each anchor (0 for an anchor with none)."""
+    def shift(self, s: Array, keep: Array | None, axis: int, xp: Namespace) -> Array:
+        """``m``: the largest kept logit of each anchor (0 for an anchor with none)."""
         logit = s / self.temperature
-        if valid is not None:
-            logit = xp.where(valid, logit, scalar(-float("inf"), s, xp))
+        if keep is not None:
+            logit = xp.where(keep, logit, scalar(-float("inf"), s, xp))
         m = xp.max(logit, axis=axis)
         return xp.where(xp.isfinite(m), m, scalar(0.0, m, xp))
 
-    def ratio(self, s: Array, shift: Array, valid: Array | None, xp: Namespace) -> Array:
-        """``R = exp(s/τ - m)``; excluded entries become ``exp(-inf) = 0`` before they overflow."""
-        exponent = s / self.temperature - shift
-        if valid is not None:
-            exponent = xp.where(valid, exponent, scalar(-float("inf"), s, xp))
+    def single_shift(self, shift: Array, s_positive: Array, xp: Namespace) -> Array:
+        """With the positive outside the matrix: ``m = max(m_negatives, s_p/τ)``."""
+        return xp.maximum(shift, s_positive / self.temperature)
+
+    def ratio(self, s: Array, shift: Array, keep: Array | None, xp: Namespace) -> Array:
+        """``R = exp(s/τ - m)``; dropped entries become ``exp(-inf) = 0`` before they overflow."""
+        exponent = s / self.temperature
+        exponent -= shift
+        if keep is not None:
+            exponent = xp.where(keep, exponent, scalar(-float("inf"), s, xp))
         return xp.exp(exponent)
+
+    def positive_ratio(self, s_positive: Array, shift: Array, xp: Namespace) -> Array:
+        return xp.exp(s_positive / self.temperature - shift)
 
     def log_ratio(
         self, s: Array, ratio: Array, shift: Array, positive: Array, xp: Namespace
@@ -111,19 +148,24 @@ class TemperatureMap:
         """``s/τ - m`` on the positives (never ``log`` of a ratio that may have underflowed)."""
         return xp.where(positive, s / self.temperature - shift, scalar(0.0, s, xp))
 
-    def single_log_ratio(self, s_positive: Array, shift: Array, xp: Namespace) -> Array:
-        return s_positive / self.temperature - shift
-
     def slope(self, s: Array, xp: Namespace) -> Array:
         return xp.ones_like(s) / self.temperature
 
-    def weight(self, s: Array, shift: Array, valid: Array | None, xp: Namespace) -> Array:
-        return self.ratio(s, shift, valid, xp) / self.temperature
+    def weight(self, s: Array, shift: Array, keep: Array | None, xp: Namespace) -> Array:
+        w = self.ratio(s, shift, keep, xp)
+        w /= self.temperature
+        return w
+
+    def single_loss(
+        self, negatives: Array, s_positive: Array, shift: Array, xp: Namespace
+    ) -> Array:
+        log_positive = s_positive / self.temperature - shift
+        return self.anchor_loss(negatives, xp.exp(log_positive), log_positive, xp)
 
     def anchor_loss(
         self, negatives: Array, positives: Array, mean_log_positive: Array, xp: Namespace
     ) -> Array:
-        """``L = log Z - mean_p log R_p`` with ``Z = Q + N >= 1`` (the row max is a candidate).
+        """``L = log Z - mean_p log R_p`` with ``Z = Q + N >= 1`` (the max is a candidate).
 
         ``log1p((Q - 1) + N)`` is exact when the positive is the maximum (``Q = 1``), where
         the loss can be tiny; ``Q`` never divides, since it may underflow for a far-off

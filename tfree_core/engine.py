@@ -20,7 +20,16 @@ similarity    ``(similarity, positive_mask, valid_mask | None, where)``   simila
 
 from __future__ import annotations
 
-from ._layouts import DIFFERENTIABLE, Problem, Residuals, backward, forward, loss_shape, validate
+from ._layouts import (
+    DIFFERENTIABLE,
+    Problem,
+    Residuals,
+    backward,
+    forward,
+    loss_shape,
+    residual_keys,
+    validate,
+)
 from ._namespace import Array, Namespace
 from ._options import Options, make_options
 
@@ -34,6 +43,7 @@ __all__ = [
     "loss_shape",
     "make_options",
     "prepare",
+    "residual_keys",
 ]
 
 
