@@ -46,6 +46,8 @@ def make_cases(rng: np.random.Generator, n: int = 5, d: int = 4) -> list[Case]:
         Case("pairs-where", info, info_vg, ref.pairs, {"query": q, "key": k}, {"where": where}),
         Case("pairs-symmetric", info, info_vg, ref.pairs, {"query": q, "key": k},
              {"symmetric": True}),
+        Case("pairs-symmetric-where", info, info_vg, ref.pairs, {"query": q, "key": k},
+             {"symmetric": True, "where": where}),
         Case("pairs-labels", info, info_vg, ref.pairs, {"query": q, "key": k},
              {"labels": labels}),
         Case("pairs-labels-symmetric-where", info, info_vg, ref.pairs, {"query": q, "key": k},

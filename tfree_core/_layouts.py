@@ -251,8 +251,9 @@ def _build(problem: Problem, arrays: tuple, xp: Namespace, check_values: bool):
             keep = None
             if layout == "pairs":
                 keep = xp.logical_not(_eye_mask(n, s, xp))
-                if where is not None:
-                    keep = xp.logical_and(keep, where[None, :])
+                if where is not None:  # masked keys drop out of every row and, when
+                    # symmetric, masked queries out of every column
+                    keep = xp.logical_and(keep, _outer_and(where, xp))
     elif layout == "nt_xent":
         z1, z2, where = arrays
         u, norm = normalize(to_compute(xp.concat([z1, z2], axis=0), xp), xp)
