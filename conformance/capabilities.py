@@ -1,0 +1,33 @@
+"""What each backend supports: one table, from which the runner's matrix, the test
+parametrisation and the docs' conformance page are derived."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Capability:
+    backend: str
+    module: str  # the import that decides whether the backend is installed
+    dtypes: tuple[str, ...]
+    modes: tuple[str, ...]  # "eager" and, where the framework compiles, "compiled"
+    devices: tuple[str, ...]  # devices it can run on when present
+    compiled_as: str = ""
+
+
+CAPABILITIES: dict[str, Capability] = {
+    c.backend: c
+    for c in (
+        Capability("numpy", "numpy", ("float64", "float32", "float16"), ("eager",), ("cpu",)),
+        Capability("array_api_strict", "array_api_strict", ("float64", "float32"), ("eager",),
+                   ("cpu",)),
+        Capability("torch", "torch", ("float64", "float32", "float16", "bfloat16"),
+                   ("eager", "compiled"), ("cpu", "cuda"), "torch.compile(fullgraph=True)"),
+        Capability("jax", "jax", ("float64", "float32", "float16", "bfloat16"),
+                   ("eager", "compiled"), ("cpu", "cuda"), "jax.jit"),
+        Capability("tensorflow", "tensorflow", ("float64", "float32", "float16", "bfloat16"),
+                   ("eager", "compiled"), ("cpu", "cuda"), "tf.function(jit_compile=True)"),
+    )
+}
+BACKENDS = tuple(CAPABILITIES)

@@ -1,0 +1,100 @@
+"""Reading the golden files: cases as NumPy float64 inputs and exact expected values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance.tolerances import as_float64
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+# Keyword arguments that arrive as lists and go to the backend as arrays.
+_INT_KWARGS = ("labels",)
+_BOOL_KWARGS = ("where", "positive_mask", "valid_mask")
+_FLOAT_INPUT_KWARGS = ("negatives",)
+
+
+@dataclass
+class GoldenCase:
+    """One case: the public function, its float64 inputs and keywords, and per compute
+    dtype the exact loss and gradients."""
+
+    id: str
+    layout: str
+    function: str
+    inputs: dict[str, np.ndarray]  # differentiable inputs, by argument name
+    kwargs: dict[str, Any]  # other keywords; arrays as NumPy arrays
+    cotangent: np.ndarray | None
+    dtypes: tuple[str, ...]
+    expected: dict[str, dict[str, Any]]
+    tags: tuple[str, ...]
+
+    def expected_for(self, input_dtype: str) -> dict[str, Any]:
+        """Half inputs compute in float32 (SPEC §2.2): they share float32's expectation."""
+        return self.expected["float64" if input_dtype == "float64" else "float32"]
+
+
+def _case(raw: dict[str, Any]) -> GoldenCase:
+    kwargs = {}
+    for name, value in raw["kwargs"].items():
+        if value is None:
+            if name in ("temperature",):
+                kwargs[name] = None
+            continue
+        if name in _INT_KWARGS:
+            kwargs[name] = np.asarray(value, dtype=np.int64)
+        elif name in _BOOL_KWARGS:
+            kwargs[name] = np.asarray(value, dtype=bool)
+        else:
+            kwargs[name] = value
+    if kwargs.get("logit_map") != "temperature":
+        kwargs.pop("temperature", None)
+    inputs = {name: as_float64(v) for name, v in raw["inputs"].items()}
+    cotangent = None if raw.get("cotangent") is None else as_float64(raw["cotangent"])
+    return GoldenCase(
+        id=raw["id"],
+        layout=raw["layout"],
+        function=raw["function"],
+        inputs=inputs,
+        kwargs=kwargs,
+        cotangent=cotangent,
+        dtypes=tuple(raw["dtypes"]),
+        expected=raw["expected"],
+        tags=tuple(raw.get("tags", ())),
+    )
+
+
+def load_cases(directory: Path = GOLDEN_DIR) -> list[GoldenCase]:
+    """Every case of every golden file, in a stable order."""
+    cases = []
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        cases.extend(_case(raw) for raw in data["cases"])
+    return cases
+
+
+def differentiable_order(case: GoldenCase) -> list[str]:
+    """The differentiable inputs in the order of the public signature."""
+    order = ("query", "key", "negatives", "z1", "z2", "features", "similarity")
+    return [name for name in order if name in case.inputs]
+
+
+COMPILED_KINDS = (("arctanh", "mean"), ("temperature", "none"), ("arctanh", "sum"))
+
+
+def compiled_subset(cases: list[GoldenCase]) -> list[GoldenCase]:
+    """A representative subset for compiled modes (each compile costs seconds): per layout,
+    the random cases of ``COMPILED_KINDS`` (map × reduction), which share one shape."""
+    chosen = [
+        case
+        for case in cases
+        if not case.tags
+        and (case.kwargs.get("logit_map"), case.kwargs.get("reduction")) in COMPILED_KINDS
+        and case.id.startswith(f"{case.layout}-{case.kwargs.get('logit_map')}-")
+    ]
+    return sorted(chosen, key=lambda c: c.id)
