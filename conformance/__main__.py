@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from conformance.capabilities import BACKENDS, CAPABILITIES
+from conformance.capabilities import BACKENDS, CAPABILITIES, Capability
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,8 @@ def _progress(backend: str, done: int, total: int, failed: int, stream) -> None:
 
 def run_backend(backend: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
     """Run one backend's worker; stream its JSON lines, showing progress."""
-    cap = CAPABILITIES[backend]
+    cap = CAPABILITIES.get(backend) or Capability(backend, "", DTYPES, ("eager", "compiled"),
+                                                   ("cpu", "cuda"))
     command = [
         sys.executable, "-m", "conformance.worker", "--backend", backend,
         "--dtypes", ",".join(d for d in args.dtype if d in cap.dtypes),
@@ -66,6 +67,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> tuple[list[dict], dic
         if "planned" in msg:
             total = msg["planned"]
             meta["devices"] = msg["devices"]
+            meta["absent"] = msg["absent"]
             continue
         if "setup_error" in msg:
             meta["setup_error"] = msg["setup_error"]
@@ -112,12 +114,15 @@ def print_matrix(cells, metas: dict[str, dict], dtypes: list[str]) -> None:
         f"{d:<17}" for d in dtypes) + " |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    keys = sorted({k[:3] for k in cells}, key=lambda k: (BACKENDS.index(k[0]), k[1], k[2]))
+    order = {name: i for i, name in enumerate(BACKENDS)}
+    keys = sorted({k[:3] for k in cells}, key=lambda k: (order.get(k[0], 99), k[0], k[1], k[2]))
     for key in keys:
         texts = [_cell_text(cells.get((*key, d))) for d in dtypes]
         print(f"| {key[0]:<17} | {key[1]:<6} | {key[2]:<8} | "
               + " | ".join(f"{t:<17}" for t in texts) + " |")
     for backend, meta in metas.items():
+        if meta.get("absent"):
+            print(f"{backend}: no {', '.join(meta['absent'])} device here; those rows did not run")
         if "setup_error" in meta:
             print(f"\n{backend}: not run ({meta['setup_error']})")
         if "crash" in meta:
@@ -134,7 +139,7 @@ def print_failures(rows: list[dict]) -> None:
     print(f"\n{len(failures)} failure(s):")
     for r in failures:
         print(f"  {r['backend']}/{r['device']}/{r['mode']}/{r['dtype']} {r['case']}: "
-              f"{r['where']} error {r['worst']} x tolerance"
+              f"{r['where']} error {float(r['worst']):.3g} x tolerance"
               + (f"\n    {r['reason']}" if r.get("reason") else ""))
         if r.get("trace"):
             print("    " + r["trace"].strip().replace("\n", "\n    "))
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=",".join(DTYPES))
     parser.add_argument("--mode", default="eager,compiled")
     parser.add_argument("--cases", default="", help="only cases whose id contains one of these")
+    parser.add_argument("--adapter", metavar="MODULE:CLASS",
+                        help="check an implementation of your own (an Adapter subclass)")
     parser.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     parser.add_argument("--check", action="store_true",
                         help="regenerate the golden files in memory and fail on any drift")
@@ -177,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
     requested = [b for b in args.backend.split(",") if b] or list(BACKENDS)
     backends = [b for b in requested if installed(b)]
+    if args.adapter:
+        requested = backends = [args.adapter]
     missing = [b for b in requested if b not in backends]
     print(f"conformance: backends {', '.join(backends)}"
           + (f" (not installed: {', '.join(missing)})" if missing else ""), flush=True)

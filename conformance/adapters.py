@@ -233,7 +233,18 @@ class TensorFlowAdapter(Adapter):
                  zip(names, grads, strict=True)})
 
 
+def load_adapter(spec: str) -> Adapter:
+    """An adapter of your own implementation, given as ``module:Class`` (an ``Adapter``
+    subclass with ``name``, ``dtypes`` and ``modes`` attributes)."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
 def make_adapter(backend: str) -> Adapter:
+    if ":" in backend:
+        return load_adapter(backend)
     if backend in ("numpy", "array_api_strict"):
         return CoreAdapter(backend)
     return {"torch": TorchAdapter, "jax": JaxAdapter, "tensorflow": TensorFlowAdapter}[backend]()

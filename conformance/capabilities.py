@@ -31,3 +31,11 @@ CAPABILITIES: dict[str, Capability] = {
     )
 }
 BACKENDS = tuple(CAPABILITIES)
+
+
+def capability_of(adapter: object) -> Capability:
+    """The capability of an external adapter (``--adapter module:Class``), from its attributes."""
+    return Capability(
+        getattr(adapter, "name", "external"), "", tuple(getattr(adapter, "dtypes", ("float64",))),
+        tuple(getattr(adapter, "modes", ("eager",))), tuple(getattr(adapter, "device_kinds",
+                                                                     ("cpu",))))

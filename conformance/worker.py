@@ -11,7 +11,7 @@ import traceback
 import numpy as np
 
 from conformance.adapters import Unsupported, make_adapter
-from conformance.capabilities import CAPABILITIES
+from conformance.capabilities import CAPABILITIES, capability_of
 from conformance.golden import compiled_subset, load_cases
 from conformance.tolerances import compare
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", required=True)
     parser.add_argument("--cases", default="")
     args = parser.parse_args(argv)
-    cap = CAPABILITIES[args.backend]
     adapter = make_adapter(args.backend)
+    cap = CAPABILITIES.get(args.backend) or capability_of(adapter)
     try:
         adapter.setup()
     except Exception as err:  # reported as a skipped backend, with the reason
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if any(p in c.id for p in args.cases.split(","))]
     subset = {c.id for c in compiled_subset(cases)}
     plan = []
-    for device in args.devices.split(","):
+    absent = [d for d in args.devices.split(",") if d and d not in present]
+    for device in (d for d in args.devices.split(",") if d in present):
         for mode in args.modes.split(","):
             for dtype in args.dtypes.split(","):
                 if dtype not in cap.dtypes or mode not in cap.modes:
@@ -59,23 +60,20 @@ def main(argv: list[str] | None = None) -> int:
                 for case in cases:
                     if dtype in case.dtypes and (mode == "eager" or case.id in subset):
                         plan.append((device, mode, dtype, case))
-    print(json.dumps({"planned": len(plan), "devices": present}), flush=True)
+    print(json.dumps({"planned": len(plan), "devices": present, "absent": absent}), flush=True)
     for device, mode, dtype, case in plan:
-        row = {"backend": args.backend, "device": device, "mode": mode, "dtype": dtype,
-               "case": case.id}
-        if device not in present:
-            row.update(status="skipped", reason=f"no {device} device")
-        else:
-            try:
-                worst, where = check(case, dtype, adapter.run(case, dtype, mode, device))
-                row.update(status="passed" if worst <= 1 else "failed",
-                           worst=worst if np.isfinite(worst) else "inf", where=where)
-            except Unsupported as err:
-                row.update(status="skipped", reason=str(err))
-            except Exception as err:
-                row.update(status="failed", worst="inf", where="exception",
-                           reason=f"{type(err).__name__}: {err}",
-                           trace=traceback.format_exc(limit=4))
+        row = {"backend": adapter.name or args.backend, "device": device, "mode": mode,
+               "dtype": dtype, "case": case.id}
+        try:
+            worst, where = check(case, dtype, adapter.run(case, dtype, mode, device))
+            row.update(status="passed" if worst <= 1 else "failed",
+                       worst=worst if np.isfinite(worst) else "inf", where=where)
+        except Unsupported as err:
+            row.update(status="skipped", reason=str(err))
+        except Exception as err:
+            row.update(status="failed", worst="inf", where="exception",
+                       reason=f"{type(err).__name__}: {err}",
+                       trace=traceback.format_exc(limit=4))
         print(json.dumps(row), flush=True)
     return 0
 
