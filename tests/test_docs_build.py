@@ -1,0 +1,206 @@
+"""The documentation site: ``mkdocs build --strict``, then a real browser on the built site.
+
+The build runs once per module into a temporary folder. The browser checks serve that folder
+on 127.0.0.1 (a random free port) and drive Debian's headless Chromium through Selenium:
+the home page renders, the framework tabs switch together, every figure of the loss page
+loads, search finds the loss page, and the console shows no errors. They skip, saying why,
+where mkdocs, Selenium, chromium or chromedriver is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT_S = 20
+
+
+def _docs_files() -> set[str]:
+    return {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*")
+            if "__pycache__" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "pymdownx",
+                   "matplotlib"):
+        pytest.importorskip(module, reason=f"{module} is not installed (pip install '.[docs]')")
+    out = tmp_path_factory.mktemp("site")
+    before = _docs_files()
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out),
+         "--config-file", str(ROOT / "mkdocs.yml")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
+    assert _docs_files() == before, "the build wrote into docs/"
+    return out
+
+
+def test_build_has_every_page_and_figure(site: Path):
+    for page in ("index.html", "loss/index.html", "layouts/index.html",
+                 "migrating/index.html", "conformance/index.html", "performance/index.html",
+                 "guarantees/index.html", "spec/index.html", "api/core/index.html",
+                 "api/torch/index.html", "api/jax/index.html", "api/tf/index.html"):
+        assert (site / page).is_file(), page
+    for figure in ("logit_map.png", "gradient.png", "floor.png"):
+        data = (site / "generated" / figure).read_bytes()
+        assert data.startswith(b"\x89PNG"), figure
+        assert len(data) > 10_000, figure
+    core = (site / "api/core/index.html").read_text(encoding="utf-8")
+    assert 'id="tfree_core.info_nce"' in core
+    loss = (site / "loss/index.html").read_text(encoding="utf-8")
+    assert "tfree:floor-table" not in loss
+    assert "temperature-free" in loss
+    for page in site.rglob("*.html"):
+        assert "<!-- tfree:" not in page.read_text(encoding="utf-8"), f"a marker left in {page}"
+    assert "googleapis" not in (site / "index.html").read_text(encoding="utf-8")
+
+
+def test_nothing_generated_is_tracked():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "docs/generated", "site"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert tracked == []
+
+
+# --- the browser -------------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_url(site: Path):
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def driver(base_url, tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="selenium is not installed (pip install '.[docs]')")
+    for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(binary, os.X_OK):
+            pytest.skip(f"{binary} not found: apt-get install chromium chromium-driver "
+                        f"(Debian package {package})")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-default-apps", "--disable-extensions", "--disable-sync",
+                "--no-first-run", "--no-default-browser-check", "--window-size=1280,1000",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=CHROMEDRIVER)
+    browser = webdriver.Chrome(options=options, service=service)
+    browser.set_page_load_timeout(WAIT_S)
+    yield browser
+    browser.quit()
+
+
+def _wait(driver, condition, message: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(condition, message)
+
+
+def _console_errors(driver) -> list[str]:
+    return [f"{e['level']}: {e['message']}" for e in driver.get_log("browser")
+            if e["level"] in ("SEVERE", "ERROR")]
+
+
+def test_home_page_renders(driver, base_url):
+    from selenium.webdriver.common.by import By
+
+    driver.get(base_url + "/")
+    assert "tfree" in driver.title
+    h1 = driver.find_element(By.CSS_SELECTOR, "article h1")
+    assert "temperature-free" in h1.text
+    assert _console_errors(driver) == []
+
+
+def test_framework_tabs_switch_together(driver, base_url):
+    from selenium.webdriver.common.by import By
+
+    driver.get(base_url + "/")
+    groups = driver.find_elements(By.CSS_SELECTOR, "article .tabbed-set")
+    assert len(groups) >= 2, "the home page should have linked tab groups"
+
+    def selected() -> list[str]:
+        return driver.execute_script(
+            "return [...document.querySelectorAll('article .tabbed-set')].map(set => {"
+            "  const input = set.querySelector(':scope > input:checked');"
+            "  return set.querySelector(`label[for='${input.id}']`).textContent.trim(); });"
+        )
+
+    assert set(selected()) == {"PyTorch"}
+    label = groups[0].find_element(By.XPATH, ".//label[normalize-space()='JAX']")
+    label.click()
+    _wait(driver, lambda d: set(selected()) == {"JAX"}, f"tabs did not all switch: {selected()}")
+    visible = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "article .tabbed-block")
+               if b.is_displayed()]
+    assert any("tfree_jax" in text for text in visible), visible
+    assert not any("tfree_torch" in text for text in visible), visible
+    assert _console_errors(driver) == []
+
+
+def test_loss_page_figures_load(driver, base_url):
+    from selenium.webdriver.common.by import By
+
+    driver.get(base_url + "/loss/")
+    images = driver.find_elements(By.CSS_SELECTOR, "article img")
+    sources = [img.get_attribute("src") for img in images]
+    assert sum("/generated/" in src for src in sources) >= 3, sources
+    _wait(driver, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('article img')].every(i => i.complete)"),
+        "images did not finish loading")
+    widths = driver.execute_script(
+        "return [...document.querySelectorAll('article img')].map(i => [i.src, i.naturalWidth])")
+    assert all(width > 0 for _, width in widths), widths
+    assert _console_errors(driver) == []
+
+
+def test_search_finds_the_loss_page(driver, base_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver.get(base_url + "/")
+    driver.find_element(By.CSS_SELECTOR, "label.md-search__icon, .md-search__form").click()
+    box = _wait(driver, ec.element_to_be_clickable((By.CSS_SELECTOR, "input.md-search__input")),
+                "no search box")
+    box.click()
+    box.send_keys("temperature")
+
+    def paths(d) -> list[str]:
+        links = d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
+        return [urlsplit(a.get_attribute("href")).path for a in links]
+
+    _wait(driver, paths, "search returned no results")
+    _wait(driver, lambda d: "/loss/" in paths(d),
+          f"search for 'temperature' did not return the loss page: {paths(driver)}")
+    assert _console_errors(driver) == []
