@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import _validation as check
-from ._layouts import backward, forward, loss_shape, validate
 from ._namespace import Array, Namespace, device_of, namespace_of, scalar, to_compute
 from ._options import DEFAULT_EPS, check_eps_for_dtype, clip_bound, make_options
+from .engine import backward, forward, loss_shape, prepare
 
 _COMMON_DOC = """
     Common keywords (SPEC §2):
@@ -21,6 +21,14 @@ _COMMON_DOC = """
             logit cap 14.5087 in float64, 14.4955 in float32).
         reduction: ``"mean"`` over anchors with a positive (0 if none), ``"sum"``, or
             ``"none"`` (per-anchor losses, 0 for anchors without a positive).
+        chunk_size: ``None`` (default): build the whole ``N × M`` similarity matrix, the
+            fastest path while it fits in memory. A positive int: tiled evaluation, anchors
+            taken ``chunk_size`` rows at a time and the matrix recomputed block by block in
+            the gradient, so no ``N × M`` array exists (extra memory
+            ``O((N + M)·D + chunk_size·M)``, about 4/3 of the matrix products). ``"auto"``:
+            tiled, with the most rows whose block of the matrix takes at most 64 MiB.
+            Results equal the untiled ones to round-off. Not for
+            :func:`loss_from_similarity` (its matrix is an input: ``ValueError``).
         xp: the array namespace; inferred from the arrays when None.
 
     The loss is returned in the compute dtype: float64 for float64 inputs, float32 for
@@ -37,6 +45,7 @@ def _run(
     temperature: float | None,
     eps: float,
     reduction: str,
+    chunk_size: int | str | None = None,
     xp: Namespace | None,
     with_grad: bool = False,
     cotangent: Any = None,
@@ -45,7 +54,9 @@ def _run(
     options = make_options(
         logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
     )
-    problem = validate(layout, arrays, {"options": options, "symmetric": symmetric}, xp)
+    problem = prepare(
+        layout, arrays, options=options, symmetric=symmetric, chunk_size=chunk_size, xp=xp
+    )
     shape = loss_shape(problem, arrays)
     if with_grad and cotangent is not None and not isinstance(cotangent, (int, float)):
         namespace_of(arrays[0], cotangent)
@@ -89,6 +100,7 @@ def info_nce(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     """The pairs layout (InfoNCE, CLIP) with the temperature-free logit map.
@@ -108,9 +120,11 @@ def info_nce(
     _negatives_conflicts(negatives, labels, symmetric)
     if negatives is not None:
         return _run("negatives", (query, key, negatives, where), logit_map=logit_map,
-                    temperature=temperature, eps=eps, reduction=reduction, xp=xp)
+                    temperature=temperature, eps=eps, reduction=reduction,
+                    chunk_size=chunk_size, xp=xp)
     return _run("pairs", (query, key, labels, where), symmetric=symmetric, logit_map=logit_map,
-                temperature=temperature, eps=eps, reduction=reduction, xp=xp)
+                temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
+                xp=xp)
 
 
 def info_nce_value_and_grad(
@@ -125,6 +139,7 @@ def info_nce_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     cotangent: Any = None,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
@@ -137,11 +152,11 @@ def info_nce_value_and_grad(
     _negatives_conflicts(negatives, labels, symmetric)
     if negatives is not None:
         return _run("negatives", (query, key, negatives, where), logit_map=logit_map,
-                    temperature=temperature, eps=eps, reduction=reduction, xp=xp,
-                    with_grad=True, cotangent=cotangent)
+                    temperature=temperature, eps=eps, reduction=reduction,
+                    chunk_size=chunk_size, xp=xp, with_grad=True, cotangent=cotangent)
     return _run("pairs", (query, key, labels, where), symmetric=symmetric, logit_map=logit_map,
-                temperature=temperature, eps=eps, reduction=reduction, xp=xp,
-                with_grad=True, cotangent=cotangent)
+                temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
+                xp=xp, with_grad=True, cotangent=cotangent)
 
 
 def nt_xent(
@@ -153,13 +168,14 @@ def nt_xent(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     """NT-Xent (SimCLR): ``Z = [z1; z2]`` of ``2N`` rows; each row's candidates are the other
     ``2N - 1`` rows and its positive is the other view ``i ± N``. ``reduction="none"`` gives
     ``(2N,)``, the ``z1`` anchors first."""
     return _run("nt_xent", (z1, z2, where), logit_map=logit_map, temperature=temperature,
-                eps=eps, reduction=reduction, xp=xp)
+                eps=eps, reduction=reduction, chunk_size=chunk_size, xp=xp)
 
 
 def nt_xent_value_and_grad(
@@ -171,12 +187,14 @@ def nt_xent_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     cotangent: Any = None,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """:func:`nt_xent` and its analytic gradient ``(d_z1, d_z2)``."""
     return _run("nt_xent", (z1, z2, where), logit_map=logit_map, temperature=temperature,
-                eps=eps, reduction=reduction, xp=xp, with_grad=True, cotangent=cotangent)
+                eps=eps, reduction=reduction, chunk_size=chunk_size, xp=xp, with_grad=True,
+                cotangent=cotangent)
 
 
 def sup_con(
@@ -188,13 +206,15 @@ def sup_con(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     """Supervised contrastive loss (SupCon, "outside" average): ``features`` ``(N, D)`` or
     ``(N, V, D)`` (views flattened view-major); candidates are all other rows, positives the
     rows of the same label. ``reduction="none"`` gives ``(N,)`` or ``(N, V)``."""
     return _run("sup_con", (features, labels, where), logit_map=logit_map,
-                temperature=temperature, eps=eps, reduction=reduction, xp=xp)
+                temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
+                xp=xp)
 
 
 def sup_con_value_and_grad(
@@ -206,13 +226,14 @@ def sup_con_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     cotangent: Any = None,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """:func:`sup_con` and its analytic gradient ``(d_features,)``."""
     return _run("sup_con", (features, labels, where), logit_map=logit_map,
-                temperature=temperature, eps=eps, reduction=reduction, xp=xp,
-                with_grad=True, cotangent=cotangent)
+                temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
+                xp=xp, with_grad=True, cotangent=cotangent)
 
 
 def loss_from_similarity(
@@ -225,6 +246,7 @@ def loss_from_similarity(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     """The loss on a precomputed similarity matrix ``S`` ``(N, M)`` (rows are anchors);
@@ -232,7 +254,7 @@ def loss_from_similarity(
     which must lie inside the valid mask (``ValueError`` otherwise, checked eagerly)."""
     return _run("similarity", (similarity, positive_mask, valid_mask, where),
                 logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction,
-                xp=xp)
+                chunk_size=chunk_size, xp=xp)
 
 
 def loss_from_similarity_value_and_grad(
@@ -245,13 +267,14 @@ def loss_from_similarity_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
     cotangent: Any = None,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """:func:`loss_from_similarity` and its analytic gradient ``(d_similarity,)``."""
     return _run("similarity", (similarity, positive_mask, valid_mask, where),
                 logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction,
-                xp=xp, with_grad=True, cotangent=cotangent)
+                chunk_size=chunk_size, xp=xp, with_grad=True, cotangent=cotangent)
 
 
 for _f in (info_nce, nt_xent, sup_con, loss_from_similarity):

@@ -67,15 +67,50 @@ def single_losses(
 ) -> tuple[Array, SingleStats, Array]:
     """Per-anchor ``L_i`` (0 without a positive); also returns the ratio matrix for reuse
     by the other direction of a symmetric loss (it is shift-free for ``arctanh``)."""
-    shift = fmap.shift(s, keep, axis, xp)
-    if shift is not None:
-        shift = fmap.single_shift(shift, s_positive, xp)
+    shift = None
+    if fmap.needs_shift:  # max over the kept entries (-inf if none) and the positive: finite
+        shift = fmap.single_shift(fmap.block_max(s, keep, axis, xp), s_positive, xp)
     if ratio is None or fmap.needs_shift:
         ratio = fmap.ratio(s, None if shift is None else along(shift, axis), keep, xp)
     negatives = xp.sum(ratio, axis=axis)
+    loss, stats = single_finish(negatives, s_positive, has_positive, shift, fmap, xp)
+    return loss, stats, ratio
+
+
+def single_finish(
+    negatives: Array,
+    s_positive: Array,
+    has_positive: Array,
+    shift: Array | None,
+    fmap: LogitMap,
+    xp: Namespace,
+) -> tuple[Array, SingleStats]:
+    """Per-anchor ``L_i`` from the finished sums ``N_i`` (0 without a positive)."""
     loss = fmap.single_loss(negatives, s_positive, shift, xp)
     loss = xp.where(has_positive, loss, scalar(0.0, loss, xp))
-    return loss, SingleStats(negatives, s_positive, has_positive, shift), ratio
+    return loss, SingleStats(negatives, s_positive, has_positive, shift)
+
+
+Scales = tuple[tuple[int, Array, Array | None], ...]
+
+
+def single_scales(
+    directions: tuple[tuple[int, SingleStats, Array], ...], fmap: LogitMap, xp: Namespace
+) -> tuple[Scales, tuple[Array, ...]]:
+    """Per direction, the per-anchor factor ``A_i/Z_i`` of ``G`` (with the axis and shift),
+    and the gradient ``g_p = -A_i·φ'(s_p)·N_i/Z_i`` w.r.t. each anchor's positive.
+
+    Per-anchor vectors only, so a tiled backward computes them once for all blocks.
+    """
+    per_anchor = []
+    positive_grads = []
+    for axis, st, coef in directions:
+        r_positive = fmap.positive_ratio(st.s_positive, st.shift, xp)
+        total = _safe(st.negatives + r_positive, st.has_positive, xp)
+        scaled = coef / total
+        per_anchor.append((axis, scaled, st.shift))
+        positive_grads.append(-scaled * fmap.slope(st.s_positive, xp) * st.negatives)
+    return tuple(per_anchor), tuple(positive_grads)
 
 
 def single_gradient(
@@ -90,14 +125,14 @@ def single_gradient(
 
     ``directions`` holds ``(axis, stats, A)``; ``A`` must be 0 for anchors without a positive.
     """
-    per_anchor = []
-    positive_grads = []
-    for axis, st, coef in directions:
-        r_positive = fmap.positive_ratio(st.s_positive, st.shift, xp)
-        total = _safe(st.negatives + r_positive, st.has_positive, xp)
-        scaled = coef / total
-        per_anchor.append((axis, scaled, st.shift))
-        positive_grads.append(-scaled * fmap.slope(st.s_positive, xp) * st.negatives)
+    per_anchor, positive_grads = single_scales(directions, fmap, xp)
+    return single_weights(s, keep, fmap, per_anchor, xp), positive_grads
+
+
+def single_weights(
+    s: Array, keep: Array | None, fmap: LogitMap, per_anchor: Scales, xp: Namespace
+) -> Array:
+    """``G_ij = Σ_directions (A/Z)_anchor · R_ij·φ'(S_ij)`` on the kept entries, else 0."""
     if not fmap.needs_shift:
         g = fmap.weight(s, None, keep, xp)
         if len(per_anchor) == 1:
@@ -105,13 +140,13 @@ def single_gradient(
             g *= along(scaled, axis)
         else:
             g *= sum(along(scaled, axis) for axis, scaled, _ in per_anchor)
-        return g, tuple(positive_grads)
+        return g
     g = None
     for axis, scaled, shift in per_anchor:
         w = fmap.weight(s, along(shift, axis), keep, xp)
         w *= along(scaled, axis)
         g = w if g is None else g + w
-    return g, tuple(positive_grads)
+    return g
 
 
 # --------------------------------------------------------------------------- masked positives
@@ -138,14 +173,43 @@ def masked_losses(
     """Per-anchor losses along one direction (0 for anchors without a positive)."""
     shift = fmap.shift(s, valid, axis, xp)
     shift_b = None if shift is None else along(shift, axis)
+    sums = masked_sums(s, positive, valid, shift_b, fmap, axis, xp)
+    return masked_finish(*sums, shift, fmap, xp)
+
+
+def masked_sums(
+    s: Array,
+    positive: Array,
+    valid: Array | None,
+    shift_b: Array | None,
+    fmap: LogitMap,
+    axis: int,
+    xp: Namespace,
+) -> tuple[Array, Array, Array, Array]:
+    """``(N_i, Q_i, |P(i)|, Σ_{p∈P(i)} log R_ip)`` along ``axis``, ratios taken relative to
+    the broadcast shift ``shift_b``. Plain sums: partial sums over blocks of the matrix add
+    up (after rescaling to a common shift, for the temperature map)."""
     ratio = fmap.ratio(s, shift_b, valid, xp)
     zero = scalar(0.0, s, xp)
     negatives = xp.sum(xp.where(positive, zero, ratio), axis=axis)
     positives = xp.sum(xp.where(positive, ratio, zero), axis=axis)
     count = xp.sum(xp.astype(positive, s.dtype), axis=axis)
+    log_sum = xp.sum(fmap.log_ratio(s, ratio, shift_b, positive, xp), axis=axis)
+    return negatives, positives, count, log_sum
+
+
+def masked_finish(
+    negatives: Array,
+    positives: Array,
+    count: Array,
+    log_sum: Array,
+    shift: Array | None,
+    fmap: LogitMap,
+    xp: Namespace,
+) -> tuple[Array, MaskedStats]:
+    """Per-anchor losses from the finished sums (0 for anchors without a positive)."""
     has_positive = count > 0
-    logs = fmap.log_ratio(s, ratio, shift_b, positive, xp)
-    mean_log = xp.sum(logs, axis=axis) / _safe(count, has_positive, xp)
+    mean_log = log_sum / _safe(count, has_positive, xp)
     loss = fmap.anchor_loss(negatives, _safe(positives, has_positive, xp), mean_log, xp)
     loss = xp.where(has_positive, loss, scalar(0.0, loss, xp))
     return loss, MaskedStats(negatives, positives, count, shift)

@@ -22,7 +22,7 @@ from ._kernel import (
 from ._maps import make_map
 from ._namespace import Array, Namespace, cast_like, device_of, to_compute
 from ._normalize import normalize, normalize_vjp
-from ._options import Options, check_eps_for_dtype
+from ._options import Options, check_chunk_size, check_eps_for_dtype
 from ._reduce import anchor_weights, reduce
 
 Residuals = dict[str, Any]
@@ -43,6 +43,7 @@ class Problem:
     views: int = 0  # sup_con with (N, V, D) features; 0 for (N, D)
     float64: bool = False  # the compute dtype: float64, or float32 for every other float
     masked: bool = False  # positives given by a mask (labels, SupCon, similarity level)
+    chunk_size: int | str | None = None  # rows per block (``_tiled``), "auto", None: untiled
 
     @property
     def axes(self) -> tuple[int, ...]:
@@ -88,6 +89,12 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
     """Check ``arrays`` for ``layout`` and return the ``Problem`` (dtypes recorded)."""
     options: Options = problem_kw["options"]
     symmetric = problem_kw.get("symmetric", False)
+    chunk_size = check_chunk_size(problem_kw.get("chunk_size"))
+    if layout == "similarity" and chunk_size is not None:
+        raise ValueError(
+            "chunk_size does not apply to loss_from_similarity: the similarity matrix is an "
+            f"input, so there is nothing to tile; got chunk_size={chunk_size!r}"
+        )
     views = 0
     if layout in ("pairs", "negatives"):
         query, key, third, where = arrays
@@ -150,7 +157,7 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
     check.check_same_device(list(zip(ARRAY_NAMES[layout], arrays, strict=True)))
     masked = layout in ("sup_con", "similarity") or (layout == "pairs" and arrays[2] is not None)
     problem = Problem(
-        layout, options, symmetric, dtypes, views, dtypes[0] == xp.float64, masked
+        layout, options, symmetric, dtypes, views, dtypes[0] == xp.float64, masked, chunk_size
     )
     check_eps_for_dtype(options, problem.float64)
     return problem
@@ -321,11 +328,16 @@ def forward(
             count = xp.astype(has, loss.dtype)
         losses.append(reduce(loss, count, reduction, xp))
         _store(res, axis, stats)
-    loss = losses[0] if len(losses) == 1 else (losses[0] + losses[1]) / 2
-    if reduction == "none" and problem.layout == "sup_con" and problem.views:
-        n = arrays[0].shape[0]
-        loss = xp.matrix_transpose(xp.reshape(loss, (problem.views, n)))
+    loss = combine_directions(problem, losses, arrays[0].shape[0], xp)
     return loss, {key: res.get(key) for key in residual_keys(problem)}
+
+
+def combine_directions(problem: Problem, losses: list[Array], n: int, xp: Namespace) -> Array:
+    """``½(L_q→k + L_k→q)`` when symmetric; SupCon's ``"none"`` back to ``(N, V)``."""
+    loss = losses[0] if len(losses) == 1 else (losses[0] + losses[1]) / 2
+    if problem.options.reduction == "none" and problem.layout == "sup_con" and problem.views:
+        loss = xp.matrix_transpose(xp.reshape(loss, (problem.views, n)))
+    return loss
 
 
 # --------------------------------------------------------------------------- backward
@@ -337,17 +349,8 @@ def backward(
     """Gradients of ``Σ cotangent · loss`` w.r.t. the differentiable inputs (SPEC §2,
     "Analytic gradient"), each cast to its input's dtype."""
     s = res["s"]
-    cotangent = cast_like(cotangent, s.dtype, xp)
-    reduction = problem.options.reduction
-    if reduction == "none" and problem.layout == "sup_con" and problem.views:
-        cotangent = xp.reshape(xp.matrix_transpose(cotangent), (-1,))
-    scale = 0.5 if problem.symmetric else 1.0
     fmap = make_map(problem.options, problem.float64)
-    directions = []
-    for axis in problem.axes:
-        st = _load(res, axis, problem.masked)
-        count = st.count if problem.masked else xp.astype(st.has_positive, s.dtype)
-        directions.append((axis, st, anchor_weights(count, reduction, cotangent, scale, xp)))
+    directions = load_directions(problem, res, cotangent, s.dtype, xp)
     if problem.masked:
         g = masked_gradient(s, res["positive"], res["valid"], fmap, tuple(directions), xp)
         g_positive = None
@@ -357,6 +360,23 @@ def backward(
             per_direction[0] + per_direction[1])
     grads = _embedding_gradients(problem, res, g, g_positive, xp)
     return tuple(cast_like(gr, dt, xp) for gr, dt in zip(grads, problem.dtypes, strict=True))
+
+
+def load_directions(
+    problem: Problem, res: Residuals, cotangent: Array, dtype: object, xp: Namespace
+) -> tuple[tuple[int, SingleStats | MaskedStats, Array], ...]:
+    """``(axis, stats, A)`` per direction: the stored statistics and the anchor weights."""
+    cotangent = cast_like(cotangent, dtype, xp)
+    reduction = problem.options.reduction
+    if reduction == "none" and problem.layout == "sup_con" and problem.views:
+        cotangent = xp.reshape(xp.matrix_transpose(cotangent), (-1,))
+    scale = 0.5 if problem.symmetric else 1.0
+    directions = []
+    for axis in problem.axes:
+        st = _load(res, axis, problem.masked)
+        count = st.count if problem.masked else xp.astype(st.has_positive, dtype)
+        directions.append((axis, st, anchor_weights(count, reduction, cotangent, scale, xp)))
+    return tuple(directions)
 
 
 def _embedding_gradients(

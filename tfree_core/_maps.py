@@ -121,14 +121,23 @@ class TemperatureMap:
 
     def shift(self, s: Array, keep: Array | None, axis: int, xp: Namespace) -> Array:
         """``m``: the largest kept logit of each anchor (0 for an anchor with none)."""
+        m = self.block_max(s, keep, axis, xp)
+        return xp.where(xp.isfinite(m), m, scalar(0.0, m, xp))
+
+    def block_max(self, s: Array, keep: Array | None, axis: int, xp: Namespace) -> Array:
+        """The largest kept logit along ``axis``, ``-inf`` where nothing is kept (the
+        neutral element of a running maximum over blocks of the matrix)."""
         logit = s / self.temperature
         if keep is not None:
             logit = xp.where(keep, logit, scalar(-float("inf"), s, xp))
-        m = xp.max(logit, axis=axis)
-        return xp.where(xp.isfinite(m), m, scalar(0.0, m, xp))
+        return xp.max(logit, axis=axis)
 
     def single_shift(self, shift: Array, s_positive: Array, xp: Namespace) -> Array:
-        """With the positive outside the matrix: ``m = max(m_negatives, s_p/τ)``."""
+        """With the positive outside the matrix: ``m = max(m_negatives, s_p/τ)``.
+
+        Given the raw maximum (``-inf`` for an anchor without negatives), ``m = s_p/τ``
+        there, so ``Q = 1`` and ``L = log1p(0) = 0`` exactly (a 0 fallback would leave
+        ``Q = e^(s_p/τ)``, which rounds ``(Q - 1) + N`` to -1 for a far-off positive)."""
         return xp.maximum(shift, s_positive / self.temperature)
 
     def ratio(self, s: Array, shift: Array, keep: Array | None, xp: Namespace) -> Array:

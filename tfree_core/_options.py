@@ -99,3 +99,29 @@ def clip_bound(eps: float, *, float64: bool) -> float:
     while Fraction(float(np.nextafter(bound, real(2)))) <= exact:
         bound = np.nextafter(bound, real(2))
     return float(bound)
+
+
+AUTO_CHUNK = "auto"
+
+
+def check_chunk_size(chunk_size: object) -> int | str | None:
+    """Validate ``chunk_size``: ``None`` (untiled), ``"auto"`` or a positive int.
+
+    Integers of any integer type become a Python ``int`` (hashable, a static constant).
+    """
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, str):
+        if chunk_size == AUTO_CHUNK:
+            return AUTO_CHUNK
+        raise ValueError(
+            f"chunk_size must be a positive int, {AUTO_CHUNK!r} or None; got {chunk_size!r}"
+        )
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise TypeError(
+            f"chunk_size must be a positive int, {AUTO_CHUNK!r} or None; "
+            f"got {type(chunk_size).__name__}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int (rows per block); got {chunk_size}")
+    return int(chunk_size)

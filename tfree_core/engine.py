@@ -16,33 +16,78 @@ nt_xent       ``(z1, z2, where | None)``                                  z1, z2
 sup_con       ``(features, labels, where | None)``                        features
 similarity    ``(similarity, positive_mask, valid_mask | None, where)``   similarity
 ============  ==========================================================  ==================
+
+Tiled evaluation
+----------------
+
+``prepare(..., chunk_size=...)`` records the evaluation strategy in the static
+``Problem`` (hashable, like everything in it):
+
+* ``None`` (default): untiled. The whole ``N × M`` matrix ``S`` is built once and kept
+  for the backward, the fastest path while it fits. It stays the default because the
+  switch must be static: a size-dependent default would make the residual structure a
+  function of the batch size, which is symbolic under ``torch.compile(dynamic=True)`` and
+  unknown under ``tf.function``, and would change the round-off with the batch size.
+* an int ``c``: anchors are taken ``c`` rows at a time (``min(c, N)``); each block of
+  ``S`` is built, used and dropped, and recomputed in the backward. No ``N × M`` array
+  exists; extra memory ``O((N + M)·D + c·M)``; about one extra matrix product (4 instead
+  of 3). Results equal the untiled ones to round-off for any ``c``.
+* ``"auto"``: tiled, with the most rows whose block of ``S`` takes at most
+  :data:`AUTO_BLOCK_BYTES` (64 MiB), from the arrays' static shapes (:func:`block_size`).
+
+A tiled problem has its own residuals (:func:`residual_keys`): the normalised embeddings
+and norms, ``labels`` and ``where`` (the vectors the block masks are rebuilt from; ``None``
+where a layout has none), and the per-anchor statistics of each direction. The
+similarity layout is never tiled (its matrix is an input).
+
+The block loop is pluggable: ``forward(..., loop=driver)`` and ``backward(...,
+loop=driver)`` take a driver (default :func:`python_loop`, a Python ``for``)::
+
+    driver(body, n_blocks, carry) -> (carry, stacked)
+    body(block_index, carry) -> (carry, outputs)
+
+* ``n_blocks``: a Python int. ``block_index``: a Python int or a 0-d integer array
+  (a tracer is fine): the body only computes ``block_index * c + arange(c)`` with it and
+  gathers rows with ``xp.take``; no dynamic slicing, no Python control flow on it.
+* ``carry``: a tuple of arrays (possibly empty) whose shapes and dtypes never change.
+* ``outputs``: a tuple of arrays, of the same shapes for every block (the last block is
+  padded to ``c`` rows with dead rows that contribute nothing).
+* ``stacked``: a tuple with ``stacked[k]`` of shape ``(n_blocks, *outputs[k].shape)``,
+  block ``b`` at index ``b``, whatever order the driver ran them in.
+* ``body`` is pure, so a driver may trace it once. The carry only accumulates sums and
+  running maxima, so the order of the blocks matters only to round-off.
+
+This is ``jax.lax.scan``'s contract: ``lambda body, n, carry: jax.lax.scan(lambda c, i:
+body(i, c), carry, jnp.arange(n))`` is a complete JAX driver (runs under ``jit``; a
+Python loop there would be unrolled). TensorFlow: ``tf.while_loop`` over the index with
+one ``TensorArray`` per output, stacked at the end. PyTorch: the default Python driver
+(eager and ``torch.compile`` both handle a static-length loop).
 """
 
 from __future__ import annotations
 
-from ._layouts import (
-    DIFFERENTIABLE,
-    Problem,
-    Residuals,
-    backward,
-    forward,
-    loss_shape,
-    residual_keys,
-    validate,
-)
+from . import _layouts, _tiled
+from ._layouts import DIFFERENTIABLE, Problem, Residuals, loss_shape, validate
 from ._namespace import Array, Namespace
 from ._options import Options, make_options
+from ._tiled import AUTO_BLOCK_BYTES, Body, Carry, Loop, block_size, python_loop
 
 __all__ = [
+    "AUTO_BLOCK_BYTES",
     "DIFFERENTIABLE",
+    "Body",
+    "Carry",
+    "Loop",
     "Options",
     "Problem",
     "Residuals",
     "backward",
+    "block_size",
     "forward",
     "loss_shape",
     "make_options",
     "prepare",
+    "python_loop",
     "residual_keys",
 ]
 
@@ -53,8 +98,55 @@ def prepare(
     *,
     options: Options,
     symmetric: bool = False,
+    chunk_size: int | str | None = None,
     xp: Namespace,
 ) -> Problem:
     """Validate ``arrays`` for ``layout`` (before any computation) and return the static
-    description of the call."""
-    return validate(layout, arrays, {"options": options, "symmetric": symmetric}, xp)
+    description of the call. ``chunk_size`` (``None``, ``"auto"`` or rows per block) is
+    validated here and recorded in the ``Problem``."""
+    return validate(
+        layout, arrays, {"options": options, "symmetric": symmetric, "chunk_size": chunk_size},
+        xp,
+    )
+
+
+def residual_keys(problem: Problem) -> tuple[str, ...]:
+    """The names of the residuals of ``problem``, in order: a function of the static problem
+    only (tiled problems have their own, matrix-free set)."""
+    if problem.chunk_size is None:
+        return _layouts.residual_keys(problem)
+    return _tiled.residual_keys(problem)
+
+
+def forward(
+    problem: Problem,
+    arrays: tuple[Array | None, ...],
+    xp: Namespace,
+    check_values: bool = True,
+    *,
+    loop: Loop | None = None,
+) -> tuple[Array, Residuals]:
+    """The loss (in the compute dtype) and the residuals its analytic gradient needs.
+
+    ``loop`` drives the blocks of a tiled problem (default :func:`python_loop`); ignored
+    when ``problem.chunk_size`` is None. ``check_values`` enables the similarity layout's
+    eager value check (positives inside the valid mask).
+    """
+    if problem.chunk_size is None:
+        return _layouts.forward(problem, arrays, xp, check_values)
+    return _tiled.forward(problem, arrays, xp, loop=loop)
+
+
+def backward(
+    problem: Problem,
+    res: Residuals,
+    cotangent: Array,
+    xp: Namespace,
+    *,
+    loop: Loop | None = None,
+) -> tuple[Array, ...]:
+    """Gradients of ``Σ cotangent · loss`` w.r.t. the differentiable inputs (SPEC §2), each
+    cast to its input's dtype; ``loop`` as in :func:`forward`."""
+    if problem.chunk_size is None:
+        return _layouts.backward(problem, res, cotangent, xp)
+    return _tiled.backward(problem, res, cotangent, xp, loop=loop)

@@ -1,0 +1,328 @@
+"""Tiled evaluation (``chunk_size``): equal to the untiled path for every layout, map,
+reduction, row mask and chunk size; the pluggable block driver; validation; memory."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from cases import make_cases
+
+import tfree_core as core
+from tfree_core import engine
+
+CASES = [c for c in make_cases(np.random.default_rng(11), n=11, d=4)
+         if not c.name.startswith("similarity")]
+MAPS = [
+    {"logit_map": "arctanh"},
+    {"logit_map": "temperature", "temperature": 0.1},
+    {"logit_map": "temperature", "temperature": 0.01},  # exp(1/τ) overflows: shifts matter
+]
+REDUCTIONS = ["mean", "sum", "none"]
+CHUNKS = [1, 3, 11, 64, "auto"]  # 11 rows (22 for NT-Xent and 2-view SupCon)
+
+
+def _map_id(options):
+    return "-".join(map(str, options.values()))
+
+
+def _assert_close(actual, expected, rtol, what=""):
+    """``|a - e| <= rtol·max(|e|_max, 1)``, per array (gradients are compared as a whole)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, what
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-300)
+    if expected.ndim == 0:
+        scale = max(scale, 1.0)
+    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"
+
+
+def _cotangent(case, reduction, options, rng):
+    if reduction != "none":
+        return None
+    loss = case.loss(**case.inputs, **case.extra, reduction=reduction, **options)
+    return rng.normal(size=np.shape(loss))
+
+
+# --------------------------------------------------------------------------- equality
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("options", MAPS, ids=_map_id)
+def test_tiled_equals_untiled_float64(case, reduction, options, xp, to_xp, to_np, rng):
+    cotangent = _cotangent(case, reduction, options, rng)
+
+    def run(chunk_size):
+        args = {n: to_xp(a) for n, a in case.inputs.items()}
+        extra = {k: (to_xp(v) if isinstance(v, np.ndarray) else v)
+                 for k, v in case.extra.items()}
+        cot = None if cotangent is None else to_xp(cotangent)
+        loss, grads = case.value_and_grad(**args, **extra, reduction=reduction,
+                                          chunk_size=chunk_size, cotangent=cot, **options)
+        return to_np(loss), [to_np(g) for g in grads]
+
+    loss0, grads0 = run(None)
+    for chunk in CHUNKS:
+        loss, grads = run(chunk)
+        _assert_close(loss, loss0, 1e-12, f"loss, chunk {chunk}")
+        for name, g, g0 in zip(case.inputs, grads, grads0, strict=True):
+            _assert_close(g, g0, 1e-12, f"d/d{name}, chunk {chunk}")
+        plain = case.loss(**case.inputs, **case.extra, reduction=reduction,
+                          chunk_size=chunk, **options)
+        _assert_close(plain, loss0, 1e-12, f"loss without gradient, chunk {chunk}")
+
+
+def _float32_problem(case, rng, d):
+    """The case at N = 37 rows of ``d`` features, float32 (float64 copies for a reference)."""
+    big = {n: rng.normal(size=(37, *a.shape[1:-1], d)) for n, a in case.inputs.items()}
+    if "negatives" in big and case.inputs["negatives"].ndim == 2:
+        big["negatives"] = rng.normal(size=(23, d))
+    extra = dict(case.extra)
+    if "labels" in extra:
+        extra["labels"] = rng.integers(0, 5, size=37)
+    if "where" in extra:
+        extra["where"] = rng.random(37) < 0.8
+    return {n: a.astype(np.float32) for n, a in big.items()}, extra
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("options", MAPS[:2], ids=_map_id)
+def test_tiled_equals_untiled_float32(case, options):
+    """Cosines away from ±1 (D = 16): tiled and untiled agree to 1e-5."""
+    inputs, extra = _float32_problem(case, np.random.default_rng(3), 16)
+    loss0, grads0 = case.value_and_grad(**inputs, **extra, **options)
+    for chunk in (1, 5, 8, 36, 37, 100, "auto"):
+        loss, grads = case.value_and_grad(**inputs, **extra, chunk_size=chunk, **options)
+        assert loss.dtype == np.float32
+        _assert_close(loss, loss0, 1e-5, f"loss, chunk {chunk}")
+        for g, g0 in zip(grads, grads0, strict=True):
+            assert g.dtype == np.float32
+            _assert_close(g, g0, 1e-5, f"gradient, chunk {chunk}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_tiled_float32_error_is_the_untiled_one(case):
+    """Cosines near 1 (D = 4): ``φ'`` amplifies the last bit of ``S`` (relative
+    sensitivity ``2δs/(1 - s)``), so the tiled and untiled float32 results each differ from
+    the float64 truth by ~1e-5; the tiled error stays within 3× the untiled one."""
+    inputs, extra = _float32_problem(case, np.random.default_rng(3), 4)
+    loss64, grads64 = case.value_and_grad(
+        **{n: a.astype(np.float64) for n, a in inputs.items()}, **extra)
+
+    def error(loss, grads):
+        worst = abs(float(loss) - float(loss64)) / max(abs(float(loss64)), 1.0)
+        for g, g64 in zip(grads, grads64, strict=True):
+            worst = max(worst, float(np.max(np.abs(g - g64)) / np.max(np.abs(g64))))
+        return worst
+
+    untiled = error(*case.value_and_grad(**inputs, **extra))
+    for chunk in (1, 5, 36):
+        tiled = error(*case.value_and_grad(**inputs, **extra, chunk_size=chunk))
+        assert tiled <= max(3 * untiled, 1e-6), (chunk, tiled, untiled)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in (
+    "pairs-symmetric-where", "pairs-labels-symmetric-where", "negatives-per-row-where",
+    "nt_xent-where", "sup_con-3d-where")], ids=repr)
+@pytest.mark.parametrize("options", MAPS[:2], ids=_map_id)
+def test_tiled_gradient_matches_finite_differences(case, options):
+    h = 1e-6
+    _, grads = case.value_and_grad(**case.inputs, **case.extra, chunk_size=4, **options)
+    for name, got in zip(case.inputs, grads, strict=True):
+        x = case.inputs[name]
+        want = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            plus, minus = dict(case.inputs), dict(case.inputs)
+            plus[name], minus[name] = x.copy(), x.copy()
+            plus[name][idx] += h
+            minus[name][idx] -= h
+            want[idx] = (float(case.loss(**plus, **case.extra, chunk_size=4, **options))
+                         - float(case.loss(**minus, **case.extra, chunk_size=4, **options))
+                         ) / (2 * h)
+        _assert_close(got, want, 1e-7, f"d/d{name}")
+
+
+# --------------------------------------------------------------------------- SPEC §4
+
+
+@pytest.mark.parametrize("chunk", [1, 3, "auto"])
+def test_sanity_values(chunk):
+    eye = np.eye(16)
+    for symmetric in (False, True):  # every S = 0: log N, both directions
+        loss = core.info_nce(eye[:8], eye[8:], symmetric=symmetric, chunk_size=chunk)
+        assert float(loss) == pytest.approx(math.log(8), rel=1e-15)
+    assert float(core.nt_xent(eye[:4], eye[4:8], chunk_size=chunk)) == pytest.approx(
+        math.log(7), rel=1e-15)
+    q = np.eye(4)  # identical orthonormal views: every positive past the cap
+    loss, (dq, dk) = core.info_nce_value_and_grad(q, q, chunk_size=chunk)
+    assert float(loss) == pytest.approx(1.49999962e-6, rel=1e-8)
+    cap = float(core.logits(np.asarray(1.0)))
+    assert 0 < np.max(np.abs(dq)) < 10 * 2 * math.exp(-cap) / 4
+    assert np.all(np.isfinite(dk))
+
+
+def test_single_anchor_and_extreme_temperature():
+    q = np.array([[1.0, 0.0]])
+    for chunk in (None, 1, 5):
+        assert float(core.info_nce(q, q, chunk_size=chunk)) == 0.0
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(9, 3))
+    k = -q + 0.01 * rng.normal(size=(9, 3))  # far-off positives: logits near -1/τ
+    for symmetric in (False, True):
+        kw = {"logit_map": "temperature", "temperature": 0.005, "symmetric": symmetric}
+        loss0, grads0 = core.info_nce_value_and_grad(q, k, **kw)
+        loss, grads = core.info_nce_value_and_grad(q, k, chunk_size=2, **kw)
+        assert np.isfinite(loss)
+        _assert_close(loss, loss0, 1e-12)
+        for g, g0 in zip(grads, grads0, strict=True):
+            _assert_close(g, g0, 1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_far_off_lone_positive_under_the_temperature_map(chunk):
+    """An anchor whose only candidate is its positive has ``L = 0`` however far the
+    positive: the shift is the positive's own logit (``Q = 1``), not a 0 fallback, which
+    would round ``(Q - 1) + N`` to -1 and give ``log1p(-1) = -inf``."""
+    kw = {"logit_map": "temperature", "temperature": 0.01, "chunk_size": chunk}
+    q, k = np.array([[1.0, 0.0]]), np.array([[-0.5, 0.75**0.5]])  # s = -0.5: ℓ = -50
+    loss, grads = core.info_nce_value_and_grad(q, k, **kw)
+    assert float(loss) == 0.0
+    assert all(np.all(g == 0) for g in grads)
+    q2, k2 = np.vstack([q, [[0.0, 1.0]]]), np.vstack([k, [[1.0, 0.0]]])
+    where = np.array([True, False])  # the other row is padding: no negatives left
+    for symmetric in (False, True):
+        loss = core.info_nce(q2, k2, where=where, symmetric=symmetric, **kw)
+        assert float(loss) == 0.0
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _reverse_loop(body, n_blocks, carry):
+    """Runs the blocks last to first, with 0-d array indices (as a tracing driver would)."""
+    outputs = [None] * n_blocks
+    for index in reversed(range(n_blocks)):
+        carry, outputs[index] = body(np.asarray(index), carry)
+    return carry, tuple(np.stack(parts) for parts in zip(*outputs, strict=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("options", MAPS[:2], ids=_map_id)
+def test_driver_order_does_not_matter(case, options):
+    layout = {"info_nce_value_and_grad": "pairs", "nt_xent_value_and_grad": "nt_xent",
+              "sup_con_value_and_grad": "sup_con"}[case.value_and_grad.__name__]
+    extra = dict(case.extra)
+    if "negatives" in case.inputs:
+        layout = "negatives"
+    arrays = {
+        "pairs": lambda: (case.inputs["query"], case.inputs["key"], extra.get("labels"),
+                          extra.get("where")),
+        "negatives": lambda: (case.inputs["query"], case.inputs["key"],
+                              case.inputs["negatives"], extra.get("where")),
+        "nt_xent": lambda: (case.inputs["z1"], case.inputs["z2"], extra.get("where")),
+        "sup_con": lambda: (case.inputs["features"], extra["labels"], extra.get("where")),
+    }[layout]()
+    opts = engine.make_options(**options)
+    symmetric = bool(extra.get("symmetric", False))
+    plain = engine.prepare(layout, arrays, options=opts, symmetric=symmetric, xp=np)
+    tiled = engine.prepare(layout, arrays, options=opts, symmetric=symmetric, chunk_size=3,
+                           xp=np)
+    assert hash(tiled) != hash(plain)
+    assert tiled.chunk_size == 3
+    loss0, res0 = engine.forward(plain, arrays, np)
+    loss, res = engine.forward(tiled, arrays, np, loop=_reverse_loop)
+    assert tuple(res) == engine.residual_keys(tiled)
+    _assert_close(loss, loss0, 1e-12)
+    one = np.asarray(1.0)
+    grads0 = engine.backward(plain, res0, one, np)
+    grads = engine.backward(tiled, res, one, np, loop=_reverse_loop)
+    for g, g0 in zip(grads, grads0, strict=True):
+        _assert_close(g, g0, 1e-12)
+
+
+def test_tiled_residuals_hold_no_matrix():
+    rng = np.random.default_rng(2)
+    q, k, labels = rng.normal(size=(40, 3)), rng.normal(size=(40, 3)), rng.integers(0, 4, 40)
+    for lay, arrays, sym in (("pairs", (q, k, None, None), True),
+                             ("pairs", (q, k, labels, None), True),
+                             ("nt_xent", (q, k, None), False),
+                             ("sup_con", (q, labels, None), False)):
+        problem = engine.prepare(lay, arrays, options=engine.make_options(), symmetric=sym,
+                                 chunk_size=7, xp=np)
+        _, res = engine.forward(problem, arrays, np)
+        for key, value in res.items():
+            assert value is None or value.size <= 80 * 3, key
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    (0, ValueError), (-3, ValueError), ("big", ValueError),
+    (2.0, TypeError), (True, TypeError), (np.array([4]), TypeError),
+])
+def test_invalid_chunk_size(value, error):
+    q = np.ones((3, 2))
+    with pytest.raises(error, match="chunk_size"):
+        core.info_nce(q, q, chunk_size=value)
+    with pytest.raises(error, match="chunk_size"):
+        core.sup_con_value_and_grad(q, np.arange(3), chunk_size=value)
+
+
+def test_chunk_size_accepts_numpy_integers_and_auto():
+    q = np.random.default_rng(0).normal(size=(5, 2))
+    problem = engine.prepare("pairs", (q, q, None, None), options=engine.make_options(),
+                             chunk_size=np.int64(2), xp=np)
+    assert problem.chunk_size == 2
+    assert type(problem.chunk_size) is int
+    assert float(core.nt_xent(q, q, chunk_size="auto")) == pytest.approx(
+        float(core.nt_xent(q, q)), rel=1e-12)
+
+
+def test_similarity_layout_rejects_chunk_size():
+    s = np.zeros((3, 3))
+    with pytest.raises(ValueError, match="chunk_size"):
+        core.loss_from_similarity(s, np.eye(3, dtype=bool), chunk_size=2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        core.loss_from_similarity_value_and_grad(s, np.eye(3, dtype=bool), chunk_size="auto")
+
+
+def test_auto_block_size_follows_the_budget():
+    def rows(n, m, float64=False, depth=0):
+        problem = engine.Problem("pairs", engine.make_options(), float64=float64,
+                                 chunk_size="auto")
+        return engine.block_size(problem, n, m, depth)
+
+    assert rows(65536, 65536) == engine.AUTO_BLOCK_BYTES // (65536 * 4) == 256
+    assert rows(65536, 65536, float64=True) == 128
+    assert rows(100, 100) == 100  # one block when the whole matrix fits
+    assert rows(10, 2**30) == 1  # never fewer than one row
+    assert rows(4096, 4096, depth=127) == 32  # per-row negatives: the (c, M, D) gather counts
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _peak(f) -> int:
+    tracemalloc.start()
+    try:
+        f()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_tiled_memory_stays_below_one_matrix():
+    """NumPy reports its allocations to tracemalloc: untiled, the peak exceeds one N×N
+    float64 matrix; tiled with 128-row blocks it stays a small fraction of one."""
+    n = 2048
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(n, 16)), rng.normal(size=(n, 16))
+    matrix = n * n * 8
+    untiled = _peak(lambda: core.info_nce_value_and_grad(q, k, symmetric=True))
+    tiled = _peak(lambda: core.info_nce_value_and_grad(q, k, symmetric=True, chunk_size=128))
+    assert untiled > matrix
+    assert tiled < matrix / 4, f"tiled peak {tiled / 2**20:.1f} MiB"
