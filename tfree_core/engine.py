@@ -66,7 +66,7 @@ one ``TensorArray`` per output, stacked at the end. PyTorch: the default Python 
 
 from __future__ import annotations
 
-from . import _layouts, _tiled
+from . import _layouts, _tiled, _validation
 from ._layouts import DIFFERENTIABLE, Problem, Residuals, loss_shape, validate
 from ._namespace import Array, Namespace
 from ._options import Options, make_options
@@ -83,6 +83,7 @@ __all__ = [
     "Residuals",
     "backward",
     "block_size",
+    "check_values",
     "forward",
     "loss_shape",
     "make_options",
@@ -135,6 +136,13 @@ def forward(
     if problem.chunk_size is None:
         return _layouts.forward(problem, arrays, xp, check_values)
     return _tiled.forward(problem, arrays, xp, loop=loop)
+
+
+def check_values(problem: Problem, arrays: tuple[Array | None, ...], xp: Namespace) -> None:
+    """The checks that need concrete values (today: the similarity layout's positives lie
+    inside its valid mask). Backends that compile the core run this eagerly, before."""
+    if problem.layout == "similarity" and arrays[2] is not None:
+        _validation.check_positive_inside_valid(arrays[1], arrays[2], xp)
 
 
 def backward(

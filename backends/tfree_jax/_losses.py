@@ -53,19 +53,35 @@ def _precise():
 # --------------------------------------------------------------------------- custom_vjp
 
 
+def _scan(body, n_blocks: int, carry):
+    """The core's block driver (``engine.Loop``) as ``lax.scan``: one compiled block body,
+    run sequentially under ``jit`` (a Python loop would be unrolled, and XLA may run the
+    blocks at once, which defeats tiling)."""
+    return jax.lax.scan(lambda c, i: body(i, c), carry, jnp.arange(n_blocks))
+
+
+# The core is compiled once per (problem, shapes): an eager call then costs one dispatch
+# instead of a compilation per primitive; under an outer ``jit`` these are inlined.
+@functools.partial(jax.jit, static_argnums=(0,))
+def _forward(problem: engine.Problem, arrays: tuple[Array | None, ...]):
+    with _precise():
+        return engine.forward(problem, arrays, jnp, check_values=False, loop=_scan)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _backward(problem: engine.Problem, residuals, cotangent: Array):
+    with _precise():
+        return engine.backward(problem, residuals, cotangent, jnp, loop=_scan)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _loss(problem: engine.Problem, *arrays: Array | None) -> Array:
     """``L(arrays)`` of ``problem``'s layout (engine.forward); the VJP is engine.backward."""
-    with _precise():
-        loss, _ = engine.forward(problem, arrays, jnp, check_values=not _is_traced(arrays))
-    return loss
+    return _forward(problem, arrays)[0]
 
 
 def _loss_fwd(problem: engine.Problem, *arrays: Array | None):
-    with _precise():
-        loss, residuals = engine.forward(
-            problem, arrays, jnp, check_values=not _is_traced(arrays)
-        )
+    loss, residuals = _forward(problem, arrays)
     # The core's residuals (a dict of arrays; ``None`` entries are empty pytrees) and the
     # argument count, to give labels and masks their ``None`` cotangents.
     return loss, (residuals, len(arrays))
@@ -73,8 +89,7 @@ def _loss_fwd(problem: engine.Problem, *arrays: Array | None):
 
 def _loss_bwd(problem: engine.Problem, saved, cotangent: Array):
     residuals, n_arrays = saved
-    with _precise():
-        grads = engine.backward(problem, residuals, cotangent, jnp)
+    grads = _backward(problem, residuals, cotangent)
     # The differentiable arrays lead every layout's argument tuple (see engine's table);
     # labels, masks and absent (None) arguments get a None (zero) cotangent.
     return (*grads, *([None] * (n_arrays - len(grads))))
@@ -92,12 +107,17 @@ def _call(
     temperature: float | None,
     eps: float,
     reduction: str,
+    chunk_size: int | str | None = None,
 ) -> Array:
     arrays = tuple(None if a is None else jnp.asarray(a) for a in arrays)
     options = engine.make_options(
         logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
     )
-    problem = engine.prepare(layout, arrays, options=options, symmetric=symmetric, xp=jnp)
+    problem = engine.prepare(layout, arrays, options=options, symmetric=symmetric,
+                             chunk_size=chunk_size, xp=jnp)
+    # The value checks read the masks only, which stay concrete under an eager jax.grad.
+    if not _is_traced(arrays[len(engine.DIFFERENTIABLE[layout]):]):
+        engine.check_values(problem, arrays, jnp)
     try:
         return _loss(problem, *arrays)
     except TypeError as err:
@@ -151,6 +171,7 @@ def info_nce(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
 ) -> Array:
     """The pairs layout (InfoNCE, CLIP) with the temperature-free logit map
     (Kim & Kim, arXiv:2501.17683).
@@ -170,7 +191,7 @@ def info_nce(
     """
     _negatives_conflicts(negatives, labels, symmetric)
     common = {"logit_map": logit_map, "temperature": temperature, "eps": eps,
-              "reduction": reduction}
+              "reduction": reduction, "chunk_size": chunk_size}
     if negatives is not None:
         return _call("negatives", (query, key, negatives, where), **common)
     return _call("pairs", (query, key, labels, where), symmetric=symmetric, **common)
@@ -185,6 +206,7 @@ def nt_xent(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
 ) -> Array:
     """NT-Xent (SimCLR): ``Z = [z1; z2]`` of ``2N`` rows; each row's candidates are the other
     ``2N - 1`` rows and its positive is the other view ``i ± N``::
@@ -195,7 +217,7 @@ def nt_xent(
     ``(z1_i, z2_i)`` together.
     """
     return _call("nt_xent", (z1, z2, where), logit_map=logit_map, temperature=temperature,
-                 eps=eps, reduction=reduction)
+                 eps=eps, reduction=reduction, chunk_size=chunk_size)
 
 
 def sup_con(
@@ -207,6 +229,7 @@ def sup_con(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = None,
 ) -> Array:
     """Supervised contrastive loss (SupCon, "outside" average): ``features`` ``(N, D)`` or
     ``(N, V, D)`` (views flattened view-major); candidates are all other rows, positives
@@ -217,7 +240,7 @@ def sup_con(
     ``reduction="none"`` gives ``(N,)`` or ``(N, V)`` like the input.
     """
     return _call("sup_con", (features, labels, where), logit_map=logit_map,
-                 temperature=temperature, eps=eps, reduction=reduction)
+                 temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size)
 
 
 def loss_from_similarity(
