@@ -1,0 +1,239 @@
+"""The static half of a call (options, validation, the ``Problem``), kept out of traces.
+
+``tfree_core`` validates options with NumPy scalars (``check_eps_for_dtype``) and finds
+the clip bound ``b`` with ``fractions.Fraction`` (``clip_bound``): pure functions of Python
+constants, which ``torch.compile`` (Dynamo) cannot trace (a NumPy scalar in an ``if`` is
+a graph break). So:
+
+* the options carry their clip bounds, computed once per option set in plain Python
+  (:class:`BoundOptions`, whose ``clip_bound`` reads them: nothing to compute in
+  ``forward``/``backward``);
+* in eager mode ``engine.prepare`` validates the real tensors, as the core would;
+* while compiling, the ``Problem`` comes from :func:`torch.compiler.assume_constant_result`
+  over a description of the inputs (rank, dtype, device; sizes ``None``, which the core's
+  checks treat as unknown), so Dynamo runs the core's validation at trace time and bakes
+  the result into the graph; the sizes are then checked by :func:`_check_sizes` in the
+  traced code, where they may be symbolic (dynamic shapes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import torch
+
+from tfree_core import engine
+from tfree_core._options import Options, clip_bound
+
+from ._namespace import xp
+
+__all__ = ["BoundOptions", "options_for", "problem_for"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundOptions(Options):
+    """:class:`tfree_core.engine.Options` with the clip bounds ``b`` precomputed for the
+    float32 and float64 compute dtypes (``prepare`` still rejects an ``eps`` too small for
+    the call's dtype, with the core's message)."""
+
+    bound32: float = float("nan")
+    bound64: float = float("nan")
+
+    def clip_bound(self, float64: bool) -> float:
+        return self.bound64 if float64 else self.bound32
+
+
+def options_for(
+    logit_map: str, temperature: float | None, eps: float, reduction: str
+) -> BoundOptions:
+    """Validated options (``engine.make_options``) with their clip bounds (cached)."""
+    try:
+        hash((logit_map, temperature, eps, reduction))
+    except TypeError:  # not a valid option anyway: let the core say why
+        engine.make_options(
+            logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
+        )
+        raise
+    return _options_for(logit_map, temperature, eps, reduction)
+
+
+@functools.lru_cache(maxsize=256)
+def _options_for(
+    logit_map: str, temperature: float | None, eps: float, reduction: str
+) -> BoundOptions:
+    options = engine.make_options(
+        logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
+    )
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(Options)}
+    return BoundOptions(
+        **fields,
+        bound32=clip_bound(options.eps, float64=False),
+        bound64=clip_bound(options.eps, float64=True),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """What validation reads of an array: shape (``None`` for a symbolic size), dtype,
+    device."""
+
+    shape: tuple[int | None, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+
+@functools.lru_cache(maxsize=1024)
+def _problem_from_specs(
+    layout: str,
+    symmetric: bool,
+    options: tuple[Any, ...],
+    chunk_size: Any,
+    specs: tuple[tuple[tuple[int | None, ...], torch.dtype, torch.device] | None, ...],
+) -> engine.Problem:
+    arrays = tuple(None if s is None else _Spec(*s) for s in specs)
+    return engine.prepare(layout, arrays, options=options_for(*options), symmetric=symmetric,
+                          chunk_size=chunk_size, xp=xp)
+
+
+def _fields(obj: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
+
+
+def _encode(value: Any) -> Any:
+    """A Python number as the hex string of its float: under ``dynamic=True`` Dynamo
+    treats float arguments as symbolic, and only ``float.hex`` turns one back into a
+    constant (specialising on it)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ("float.hex", float(value).hex())
+    return value
+
+
+def _encode_int(value: Any) -> Any:
+    """An int (``chunk_size``) as a constant: ``int()`` specialises a symbolic one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ("int", int(value))
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "float.hex":
+        return float.fromhex(value[1])
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "int":
+        return value[1]
+    return value
+
+
+@torch.compiler.assume_constant_result
+def _constant_problem(
+    layout: str,
+    symmetric: bool,
+    options: tuple[Any, ...],
+    chunk_size: Any,
+    specs: tuple[Any, ...],
+) -> tuple[tuple[str, Any], ...]:
+    """The ``Problem`` as nested tuples of constants (Dynamo bakes constants into the graph;
+    a dataclass it did not build itself would need guards it cannot make)."""
+    options = tuple(_decode(v) for v in options)
+    problem = _problem_from_specs(layout, symmetric, options, _decode(chunk_size), specs)
+    return tuple(
+        (name, _fields(value) if name == "options" else value)
+        for name, value in _fields(problem)
+    )
+
+
+def _rebuild(flat: tuple[tuple[str, Any], ...]) -> engine.Problem:
+    kwargs = dict(flat)
+    kwargs["options"] = BoundOptions(**dict(kwargs["options"]))
+    return engine.Problem(**kwargs)
+
+
+def _spec_shape(layout: str, index: int, t: torch.Tensor) -> tuple[int | None, ...]:
+    """Sizes are left unknown (``None``: they may be symbolic, and :func:`_check_sizes`
+    checks them in the graph), except SupCon's number of views, which is static."""
+    if layout == "sup_con" and index == 0 and t.ndim == 3:
+        return (None, int(t.shape[1]), None)
+    return (None,) * t.ndim
+
+
+def _size_error(name: str, t: torch.Tensor, expected: str) -> ValueError:
+    return ValueError(f"{name} must have shape {expected}; got shape {tuple(t.shape)}")
+
+
+def _check_sizes(layout: str, arrays: tuple[torch.Tensor | None, ...]) -> None:
+    """The size checks of ``engine.prepare`` (run there with the sizes unknown), written as
+    plain conditions that Dynamo turns into guards, also for symbolic sizes."""
+    first = arrays[0]
+    assert first is not None
+    n = first.shape[0]
+    for axis in range(first.ndim):
+        if first.shape[axis] == 0:
+            raise ValueError(f"{layout}: the first input must not be empty; got shape "
+                             f"{tuple(first.shape)}")
+    names = _INPUT_NAMES[layout]
+    if layout in ("pairs", "negatives", "nt_xent"):
+        second = arrays[1]
+        assert second is not None
+        if second.shape[0] != n or second.shape[1] != first.shape[1]:
+            raise _size_error(names[1], second, f"{tuple(first.shape)} like {names[0]}")
+    if layout == "negatives":
+        negatives = arrays[2]
+        assert negatives is not None
+        if negatives.shape[-1] != first.shape[1] or negatives.shape[-2] == 0:
+            raise _size_error("negatives", negatives, "(M, D) or (N, M, D) with query's D")
+        if negatives.ndim == 3 and negatives.shape[0] != n:
+            raise _size_error("negatives", negatives, "(N, M, D) with query's N")
+    if layout in ("pairs", "sup_con") and arrays[-2] is not None:
+        labels = arrays[-2]
+        assert labels is not None
+        if labels.shape[0] != n:
+            raise _size_error("labels", labels, f"(N,) with N = {n}")
+    if layout == "similarity":
+        for name, mask in (("positive_mask", arrays[1]), ("valid_mask", arrays[2])):
+            if mask is not None and (
+                mask.shape[0] != n or mask.shape[1] != first.shape[1]
+            ):
+                raise _size_error(name, mask, f"{tuple(first.shape)} like similarity")
+    where = arrays[-1]
+    if where is not None and where.shape[0] != n:
+        raise _size_error("where", where, f"(N,) with N = {n}")
+
+
+_INPUT_NAMES: dict[str, tuple[str, ...]] = {
+    "pairs": ("query", "key"),
+    "negatives": ("query", "key"),
+    "nt_xent": ("z1", "z2"),
+    "sup_con": ("features",),
+    "similarity": ("similarity",),
+}
+
+
+def problem_for(
+    layout: str,
+    arrays: tuple[torch.Tensor | None, ...],
+    *,
+    symmetric: bool,
+    logit_map: str,
+    temperature: float | None,
+    eps: float,
+    reduction: str,
+    chunk_size: int | str | None = None,
+) -> engine.Problem:
+    """Validate a call (``ValueError`` / ``TypeError`` as the core raises them) and return
+    its static ``Problem``."""
+    if torch.compiler.is_compiling():
+        specs = tuple(
+            None if a is None else (_spec_shape(layout, i, a), a.dtype, a.device)
+            for i, a in enumerate(arrays)
+        )
+        options = (logit_map, temperature, eps, reduction)
+        problem = _rebuild(
+            _constant_problem(layout, symmetric, tuple(_encode(v) for v in options),
+                              _encode_int(chunk_size), specs)
+        )
+        _check_sizes(layout, arrays)
+        return problem
+    options = options_for(logit_map, temperature, eps, reduction)
+    return engine.prepare(layout, arrays, options=options, symmetric=symmetric,
+                          chunk_size=chunk_size, xp=xp)
