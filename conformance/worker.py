@@ -12,7 +12,7 @@ import numpy as np
 
 from conformance.adapters import Unsupported, make_adapter
 from conformance.capabilities import CAPABILITIES, capability_of
-from conformance.golden import compiled_subset, load_cases
+from conformance.golden import COMPILED_DTYPES, compiled_subset, load_cases
 from conformance.tolerances import compare
 
 
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             for dtype in args.dtypes.split(","):
                 if dtype not in cap.dtypes or mode not in cap.modes:
+                    continue
+                if mode == "compiled" and dtype not in COMPILED_DTYPES:
                     continue
                 for case in cases:
                     if dtype in case.dtypes and (mode == "eager" or case.id in subset):

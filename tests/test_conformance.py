@@ -2,7 +2,7 @@
 
 The runner (``python -m conformance``) gives each backend its own process; here they share
 the test process (torch is imported before TensorFlow, see conftest). Eager mode runs
-every case in every dtype; compiled modes a representative subset in float32 and float64.
+every case in every dtype; compiled modes a representative subset (``COMPILED_DTYPES``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from conformance.adapters import Unsupported, make_adapter
 from conformance.capabilities import CAPABILITIES
-from conformance.golden import compiled_subset, load_cases
+from conformance.golden import COMPILED_DTYPES, compiled_subset, load_cases
 from conformance.worker import check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def _adapter(backend: str):
 def _params():
     for backend, cap in CAPABILITIES.items():
         for mode in cap.modes:
-            dtypes = cap.dtypes if mode == "eager" else ("float64", "float32")
+            dtypes = cap.dtypes if mode == "eager" else COMPILED_DTYPES
             for dtype in dtypes:
                 for case in CASES:
                     if dtype in case.dtypes and (mode == "eager" or case.id in SUBSET):
