@@ -18,7 +18,11 @@ once, in turn), reported as medians:
   with positive pairs ``(q_i, k_i)`` and negative pairs ``(q_a, k_n)`` for all ``a ≠ n``
   (the index tensors are built once, outside the timing; the logit is ``s/τ``, and
   ``τ = 0.5`` matches ``φ(s) ≈ 2s`` near 0). Called with ``ref_emb`` but without
-  ``indices_tuple``, PML drops the pairs ``(i, i)`` as self-comparisons and returns 0;
+  ``indices_tuple``, PML drops the pairs ``(i, i)`` as self-comparisons and returns 0.
+  PML's ``NTXentLoss`` builds a (positive pairs × negative pairs) matrix, ``N·N(N-1)``
+  entries here: O(N³) memory (4.3 GB per temporary at N = 1024, 275 GB at N = 4096), so
+  it runs only where that matrix takes at most ``--pml-max-gib`` (default 1 GiB) and the
+  table says how much it would need elsewhere;
 * ``3 GEMMs``: the floor: ``Uq @ Ukᵀ``, ``G @ Uk``, ``Gᵀ @ Uq`` of the same shapes.
 
 A second table compares the NT-Xent layout (SimCLR, ``2N`` rows) with PML's own layout,
@@ -62,6 +66,14 @@ def _loss_and_backward(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., No
         loss_fn(q, k).backward()
 
     return run
+
+
+PML_MAX_GIB = 1.0
+
+
+def _pml_gib(anchors: int, positives_per_anchor: int, negatives_per_anchor: int) -> float:
+    """GiB of one float32 (positive pairs × negative pairs) matrix of PML's NTXentLoss."""
+    return anchors * positives_per_anchor * anchors * negatives_per_anchor * 4 / 2**30
 
 
 def _pml_runner(n: int) -> Callable[..., None] | None:
@@ -108,7 +120,7 @@ def bench(n: int, d: int, repeats: int, warmup: int) -> dict[str, float]:
         "eager": _loss_and_backward(plain_loss),
         "compiled": _loss_and_backward(compiled),
     }
-    pml = _pml_runner(n)
+    pml = _pml_runner(n) if _pml_gib(n, 1, n - 1) <= PML_MAX_GIB else None
     if pml is not None:
         methods["pml"] = pml
     methods["3 GEMMs"] = _gemm_floor(q, k)
@@ -128,6 +140,8 @@ def bench_nt_xent(n: int, d: int, repeats: int, warmup: int) -> dict[str, float]
     try:
         from pytorch_metric_learning.losses import NTXentLoss
     except ImportError:
+        return {}
+    if _pml_gib(2 * n, 1, 2 * n - 2) > PML_MAX_GIB:
         return {}
     pml_loss = NTXentLoss(temperature=0.5)
     labels = torch.cat([torch.arange(n), torch.arange(n)])
@@ -156,8 +170,8 @@ def _time(
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
-def _table(rows: list[tuple[int, int, dict[str, float]]]) -> None:
-    names = list(rows[0][2])
+def _table(rows: list[tuple[int, int, dict[str, float]]], notes: dict[str, str]) -> None:
+    names = list(dict.fromkeys(m for _, _, r in rows for m in r))
     others = [m for m in names if m != "tfree_torch"]
     header = "| N | D | " + " | ".join(f"{m} (ms)" for m in names)
     header += " | " + " | ".join(f"{m} / tfree" for m in others) + " |"
@@ -165,35 +179,49 @@ def _table(rows: list[tuple[int, int, dict[str, float]]]) -> None:
     print("|" + "---|" * (2 + len(names) + len(others)))
     for n, d, result in rows:
         base = result["tfree_torch"]
-        cells = [f"{result[m]:.1f}" for m in names]
-        ratios = [f"{result[m] / base:.2f}" for m in others]
+        cells = [f"{result[m]:.1f}" if m in result else notes.get(m, "-") for m in names]
+        ratios = [f"{result[m] / base:.2f}" if m in result else "-" for m in others]
         print(f"| {n} | {d} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     print()
 
 
 def main(argv: list[str] | None = None) -> None:
+    global PML_MAX_GIB
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, N = 1024 only")
     parser.add_argument("--sizes", type=int, nargs="*", default=None, help="values of N")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--pml-max-gib", type=float, default=PML_MAX_GIB,
+                        help="largest PML pair matrix to attempt (GiB)")
+    parser.add_argument("--nt-sizes", type=int, nargs="*", default=[256],
+                        help="values of N for the NT-Xent table (PML must fit)")
     args = parser.parse_args(argv)
+    PML_MAX_GIB = args.pml_max_gib
     # Dynamo's notes on array_api_compat's lru_cache helpers: harmless, noisy.
     warnings.filterwarnings("ignore", message=".*lru_cache.*", category=UserWarning)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sizes = args.sizes or ([1024] if args.quick else [1024, 4096])
+    sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 4096])
     repeats = args.repeats or (5 if args.quick else 15)
     warmup = 2
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU, "
           f"loss + backward, median of {repeats} interleaved repeats\n")
     print("Pairs layout (InfoNCE: N anchors, N candidates each)\n")
-    _table([(n, d, bench(n, d, repeats, warmup)) for n in sizes for d in (128, 512)])
-    nt_sizes = [n for n in sizes if n <= 2048] or [min(sizes)]
-    print("NT-Xent layout (2N anchors, 2N - 1 candidates each), against PML's NTXentLoss\n")
-    rows = [(n, d, bench_nt_xent(n, d, repeats, warmup)) for n in nt_sizes for d in (128, 512)]
-    if rows[0][2]:
-        _table(rows)
+    rows = [(n, d, bench(n, d, repeats, warmup)) for n in sizes for d in (128, 512)]
+    too_big = [n for n in sizes if _pml_gib(n, 1, n - 1) > PML_MAX_GIB]
+    _table(rows, {"pml": "O(N³)"})
+    for n in too_big:
+        print(f"pml at N = {n}: not run, its pair matrix needs {_pml_gib(n, 1, n - 1):.3g} GiB "
+              "per temporary")
+    print()
+    nt_sizes = [n for n in args.nt_sizes if _pml_gib(2 * n, 1, 2 * n - 2) <= PML_MAX_GIB]
+    if nt_sizes:
+        print("NT-Xent layout (2N anchors, 2N - 1 candidates), against PML's NTXentLoss\n")
+        rows = [(n, d, bench_nt_xent(n, d, repeats, warmup)) for n in nt_sizes
+                for d in (128, 512)]
+        if rows[0][2]:
+            _table(rows, {})
 
 
 if __name__ == "__main__":
