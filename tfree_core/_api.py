@@ -75,17 +75,7 @@ def _run(
     return loss, backward(problem, residuals, cotangent, xp)
 
 
-def _negatives_conflicts(negatives: Array | None, labels: Array | None, symmetric: bool):
-    if negatives is None:
-        return
-    if labels is not None:
-        raise ValueError(
-            "negatives cannot be combined with labels (SPEC §3: undefined); got both"
-        )
-    if symmetric:
-        raise ValueError(
-            "negatives cannot be combined with symmetric=True (SPEC §3: undefined)"
-        )
+_negatives_conflicts = check.check_negatives_conflicts
 
 
 def info_nce(

@@ -134,3 +134,17 @@ def check_same_device(named: Sequence[tuple[str, Array | None]]) -> None:
                 f"{name} is on device {dev} but {known[0][0]} is on device {known[0][1]}; "
                 "all arrays of one call must share a device"
             )
+
+
+def check_negatives_conflicts(negatives: Array | None, labels: Array | None, symmetric: bool):
+    """SPEC §3: explicit negatives with labels or with a symmetric loss are undefined."""
+    if negatives is None:
+        return
+    if labels is not None:
+        raise ValueError(
+            "negatives cannot be combined with labels (SPEC §3: undefined); got both"
+        )
+    if symmetric:
+        raise ValueError(
+            "negatives cannot be combined with symmetric=True (SPEC §3: undefined)"
+        )

@@ -83,6 +83,7 @@ __all__ = [
     "Residuals",
     "backward",
     "block_size",
+    "check_negatives_conflicts",
     "check_values",
     "forward",
     "loss_shape",
@@ -136,6 +137,9 @@ def forward(
     if problem.chunk_size is None:
         return _layouts.forward(problem, arrays, xp, check_values)
     return _tiled.forward(problem, arrays, xp, loop=loop)
+
+
+check_negatives_conflicts = _validation.check_negatives_conflicts
 
 
 def check_values(problem: Problem, arrays: tuple[Array | None, ...], xp: Namespace) -> None:

@@ -229,13 +229,7 @@ def _call(
     return function(*differentiable)  # positionally: keywords would drop the gradient
 
 
-def _negatives_conflicts(negatives: Any, labels: Any, symmetric: bool) -> None:
-    if negatives is None:
-        return
-    if labels is not None:
-        raise ValueError("negatives cannot be combined with labels (SPEC §3: undefined); got both")
-    if symmetric:
-        raise ValueError("negatives cannot be combined with symmetric=True (SPEC §3: undefined)")
+_negatives_conflicts = engine.check_negatives_conflicts
 
 
 _COMMON_DOC = """

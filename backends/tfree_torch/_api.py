@@ -73,13 +73,7 @@ def _run(
     return apply(problem, arrays)
 
 
-def _negatives_conflicts(negatives: Tensor | None, labels: Tensor | None, symmetric: bool):
-    if negatives is None:
-        return
-    if labels is not None:
-        raise ValueError("negatives cannot be combined with labels (SPEC §3: undefined); got both")
-    if symmetric:
-        raise ValueError("negatives cannot be combined with symmetric=True (SPEC §3: undefined)")
+_negatives_conflicts = engine.check_negatives_conflicts
 
 
 def info_nce(
