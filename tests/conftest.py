@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
+
+if importlib.util.find_spec("torch") is not None:
+    # torch.compile's Dynamo imports Triton where it is installed; Triton's LLVM and
+    # TensorFlow's abort the process when TensorFlow's is loaded first ("inconsistency in
+    # registered CommandLine options"). The suite imports both: Dynamo goes first.
+    import torch._dynamo  # noqa: F401
 
 CORE_BACKENDS = ("numpy", "array_api_strict")
 

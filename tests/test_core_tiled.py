@@ -11,6 +11,7 @@ import pytest
 from cases import make_cases
 
 import tfree_core as core
+from tfree_core import _strategy as strategy
 from tfree_core import engine
 
 CASES = [c for c in make_cases(np.random.default_rng(11), n=11, d=4)
@@ -287,7 +288,11 @@ def test_similarity_layout_rejects_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         core.loss_from_similarity(s, np.eye(3, dtype=bool), chunk_size=2)
     with pytest.raises(ValueError, match="chunk_size"):
-        core.loss_from_similarity_value_and_grad(s, np.eye(3, dtype=bool), chunk_size="auto")
+        core.loss_from_similarity_value_and_grad(s, np.eye(3, dtype=bool), chunk_size=1)
+    # "auto" (the default) lets the library choose, and the only choice here is untiled
+    problem = engine.prepare("similarity", (s, np.eye(3, dtype=bool), None, None),
+                             options=engine.make_options(), chunk_size="auto", xp=np)
+    assert problem.chunk_size is None
 
 
 def test_auto_block_size_follows_the_budget():
@@ -301,6 +306,59 @@ def test_auto_block_size_follows_the_budget():
     assert rows(100, 100) == 100  # one block when the whole matrix fits
     assert rows(10, 2**30) == 1  # never fewer than one row
     assert rows(4096, 4096, depth=127) == 32  # per-row negatives: the (c, M, D) gather counts
+
+
+def _resolved(layout, arrays, kind=None):
+    return engine.prepare(layout, arrays, options=engine.make_options(), chunk_size="auto",
+                          device_kind=kind, xp=np).chunk_size
+
+
+@pytest.mark.parametrize(("n", "kind", "expected"), [
+    (1448, "cpu", None),  # 1448² float32 = 7.998 MiB: untiled
+    (1449, "cpu", 725),  # just above 8 MiB: two balanced blocks, not 1447 + 2
+    (4096, "cpu", 512),  # 8 MiB blocks: 512 rows of 4096 float32
+    (4096, "accelerator", None),  # 64 MiB: untiled up to 1 GiB on an accelerator
+    (4096, "fused_cpu", None),  # XLA on a CPU: untiled up to 256 MiB
+    (16384, "fused_cpu", 1024),  # 1 GiB: 64 MiB blocks
+    (65536, "cpu", 128),  # never fewer than MIN_ROWS rows per block
+])
+def test_auto_resolves_from_shapes_and_device(n, kind, expected):
+    q = np.zeros((n, 2), np.float32)
+    assert _resolved("pairs", (q, q, None, None), kind) == expected
+
+
+def test_auto_counts_the_layouts_matrix():
+    q = np.zeros((1024, 2), np.float32)
+    assert _resolved("pairs", (q, q, None, None)) is None  # 1024 × 1024: 4 MiB
+    assert _resolved("nt_xent", (q, q, None)) == 1024  # 2048 × 2048: 16 MiB, two blocks
+    assert _resolved("pairs", (q.astype(np.float64), q.astype(np.float64), None, None)) is None
+    assert _resolved("sup_con", (np.zeros((1024, 2, 2), np.float32), np.zeros(1024, int),
+                                 None)) == 1024
+    q8 = np.zeros((1024, 8), np.float32)
+    negatives = np.zeros((1024, 512, 8), np.float32)  # per row, the (c, M, D) gather counts:
+    assert _resolved("negatives", (q8, q8, negatives, None)) == 342  # 455 rows at most
+    assert _resolved("negatives", (q, q, np.zeros((40000, 2), np.float32), None)) == 128
+
+
+def test_auto_budgets_for_the_candidates_of_every_device():
+    """Sharded, each device's rows meet ``world_size`` times its own candidates."""
+    q = np.zeros((1024, 4), np.float32)
+    sizes = [engine.prepare("pairs", (q, q, None, None), options=engine.make_options(),
+                            chunk_size="auto", world_size=w, xp=np).chunk_size
+             for w in (1, 2, 8)]
+    assert sizes == [None, None, 256]  # 1024 × 8192 float32 = 32 MiB: four 8 MiB blocks
+
+
+def test_auto_reads_the_device_kind():
+    assert strategy.device_kind("cpu") == "cpu"
+    assert strategy.device_kind("/job:localhost/replica:0/task:0/device:CPU:0") == "cpu"
+    assert strategy.device_kind("cuda:0") == "accelerator"
+    assert strategy.device_kind(None) is None
+    assert strategy.device_kind("") is None
+    q = np.zeros((4096, 2), np.float32)
+    assert _resolved("pairs", (q, q, None, None)) == 512  # NumPy arrays live on the CPU
+    with pytest.raises(ValueError, match="device_kind"):
+        _resolved("pairs", (q, q, None, None), "tpu")
 
 
 # --------------------------------------------------------------------------- memory
@@ -322,7 +380,8 @@ def test_tiled_memory_stays_below_one_matrix():
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=(n, 16)), rng.normal(size=(n, 16))
     matrix = n * n * 8
-    untiled = _peak(lambda: core.info_nce_value_and_grad(q, k, symmetric=True))
+    untiled = _peak(lambda: core.info_nce_value_and_grad(q, k, symmetric=True,
+                                                    chunk_size=None))
     tiled = _peak(lambda: core.info_nce_value_and_grad(q, k, symmetric=True, chunk_size=128))
     assert untiled > matrix
     assert tiled < matrix / 4, f"tiled peak {tiled / 2**20:.1f} MiB"

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import _validation as check
+from ._layouts import ARRAY_NAMES
 from ._namespace import Array, Namespace, device_of, namespace_of, scalar, to_compute
 from ._options import DEFAULT_EPS, check_eps_for_dtype, clip_bound, make_options
-from .engine import backward, forward, loss_shape, prepare
+from .engine import DIFFERENTIABLE, backward, check_values, forward, loss_shape, prepare
 
 _COMMON_DOC = """
     Common keywords (SPEC §2):
@@ -21,14 +22,20 @@ _COMMON_DOC = """
             logit cap 14.5087 in float64, 14.4955 in float32).
         reduction: ``"mean"`` over anchors with a positive (0 if none), ``"sum"``, or
             ``"none"`` (per-anchor losses, 0 for anchors without a positive).
-        chunk_size: ``None`` (default): build the whole ``N × M`` similarity matrix, the
-            fastest path while it fits in memory. A positive int: tiled evaluation, anchors
-            taken ``chunk_size`` rows at a time and the matrix recomputed block by block in
-            the gradient, so no ``N × M`` array exists (extra memory
-            ``O((N + M)·D + chunk_size·M)``, about 4/3 of the matrix products). ``"auto"``:
-            tiled, with the most rows whose block of the matrix takes at most 64 MiB.
-            Results equal the untiled ones to round-off. Not for
-            :func:`loss_from_similarity` (its matrix is an input: ``ValueError``).
+        chunk_size: ``"auto"`` (default): chosen from the static shapes and the device:
+            the whole ``N × M`` similarity matrix while it is small (up to 8 MiB on a CPU,
+            1 GiB on an accelerator), else tiled in blocks of at most 8 MiB (CPU: they stay
+            in cache) or 64 MiB. ``None``: always the whole matrix, kept for the gradient
+            (three matrix products). A positive int: tiled, ``chunk_size`` anchors at a
+            time, each block of the matrix recomputed in the gradient, so no ``N × M``
+            array exists (extra memory ``O((N + M)·D + chunk_size·M)``, four matrix
+            products instead of three). Results agree to round-off whatever the choice.
+            :func:`loss_from_similarity` is never tiled (its matrix is an input): an int
+            there is a ``ValueError``.
+        check_finite: ``True``: count the NaN and ±inf values of the floating inputs first
+            and raise ``ValueError`` (naming the input and the count) if there are any. A
+            value check: it reads the arrays, so it costs a pass over them and needs
+            concrete values. Default ``False``: no value is read.
         xp: the array namespace; inferred from the arrays when None.
 
     The loss is returned in the compute dtype: float64 for float64 inputs, float32 for
@@ -45,11 +52,15 @@ def _run(
     temperature: float | None,
     eps: float,
     reduction: str,
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
     xp: Namespace | None,
     with_grad: bool = False,
     cotangent: Any = None,
+    check_finite: bool = False,
 ):
+    check.check_flag("check_finite", check_finite)
+    if xp is None:  # one library, named per argument before the namespace is inferred
+        check.check_one_library(list(zip(ARRAY_NAMES[layout], arrays, strict=True)))
     xp = namespace_of(*arrays, xp=xp)
     options = make_options(
         logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
@@ -61,7 +72,11 @@ def _run(
     if with_grad and cotangent is not None and not isinstance(cotangent, (int, float)):
         namespace_of(arrays[0], cotangent)
         check.check_cotangent(cotangent, shape, reduction, xp)
-    loss, residuals = forward(problem, arrays, xp)
+    if check_finite:
+        names = DIFFERENTIABLE[layout]
+        check.check_finite(list(zip(names, arrays[: len(names)], strict=True)), xp)
+    check_values(problem, arrays, xp)  # value checks too before any work
+    loss, residuals = forward(problem, arrays, xp, check_values=False)
     if not with_grad:
         return loss
     if cotangent is None:
@@ -90,7 +105,8 @@ def info_nce(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> Array:
     """The pairs layout (InfoNCE, CLIP) with the temperature-free logit map.
@@ -111,10 +127,10 @@ def info_nce(
     if negatives is not None:
         return _run("negatives", (query, key, negatives, where), logit_map=logit_map,
                     temperature=temperature, eps=eps, reduction=reduction,
-                    chunk_size=chunk_size, xp=xp)
+                    chunk_size=chunk_size, xp=xp, check_finite=check_finite)
     return _run("pairs", (query, key, labels, where), symmetric=symmetric, logit_map=logit_map,
                 temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
-                xp=xp)
+                xp=xp, check_finite=check_finite)
 
 
 def info_nce_value_and_grad(
@@ -129,8 +145,9 @@ def info_nce_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
     cotangent: Any = None,
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """:func:`info_nce` and its analytic gradient ``(d_query, d_key[, d_negatives])``.
@@ -143,10 +160,11 @@ def info_nce_value_and_grad(
     if negatives is not None:
         return _run("negatives", (query, key, negatives, where), logit_map=logit_map,
                     temperature=temperature, eps=eps, reduction=reduction,
-                    chunk_size=chunk_size, xp=xp, with_grad=True, cotangent=cotangent)
+                    chunk_size=chunk_size, xp=xp,
+                    check_finite=check_finite, with_grad=True, cotangent=cotangent)
     return _run("pairs", (query, key, labels, where), symmetric=symmetric, logit_map=logit_map,
                 temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
-                xp=xp, with_grad=True, cotangent=cotangent)
+                xp=xp, check_finite=check_finite, with_grad=True, cotangent=cotangent)
 
 
 def nt_xent(
@@ -158,14 +176,16 @@ def nt_xent(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> Array:
     """NT-Xent (SimCLR): ``Z = [z1; z2]`` of ``2N`` rows; each row's candidates are the other
     ``2N - 1`` rows and its positive is the other view ``i ± N``. ``reduction="none"`` gives
     ``(2N,)``, the ``z1`` anchors first."""
     return _run("nt_xent", (z1, z2, where), logit_map=logit_map, temperature=temperature,
-                eps=eps, reduction=reduction, chunk_size=chunk_size, xp=xp)
+                eps=eps, reduction=reduction, chunk_size=chunk_size, xp=xp,
+                check_finite=check_finite)
 
 
 def nt_xent_value_and_grad(
@@ -177,13 +197,15 @@ def nt_xent_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
     cotangent: Any = None,
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """:func:`nt_xent` and its analytic gradient ``(d_z1, d_z2)``."""
     return _run("nt_xent", (z1, z2, where), logit_map=logit_map, temperature=temperature,
-                eps=eps, reduction=reduction, chunk_size=chunk_size, xp=xp, with_grad=True,
+                eps=eps, reduction=reduction, chunk_size=chunk_size, xp=xp,
+                check_finite=check_finite, with_grad=True,
                 cotangent=cotangent)
 
 
@@ -196,7 +218,8 @@ def sup_con(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> Array:
     """Supervised contrastive loss (SupCon, "outside" average): ``features`` ``(N, D)`` or
@@ -204,7 +227,7 @@ def sup_con(
     rows of the same label. ``reduction="none"`` gives ``(N,)`` or ``(N, V)``."""
     return _run("sup_con", (features, labels, where), logit_map=logit_map,
                 temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
-                xp=xp)
+                xp=xp, check_finite=check_finite)
 
 
 def sup_con_value_and_grad(
@@ -216,14 +239,15 @@ def sup_con_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
     cotangent: Any = None,
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """:func:`sup_con` and its analytic gradient ``(d_features,)``."""
     return _run("sup_con", (features, labels, where), logit_map=logit_map,
                 temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
-                xp=xp, with_grad=True, cotangent=cotangent)
+                xp=xp, check_finite=check_finite, with_grad=True, cotangent=cotangent)
 
 
 def loss_from_similarity(
@@ -236,7 +260,8 @@ def loss_from_similarity(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> Array:
     """The loss on a precomputed similarity matrix ``S`` ``(N, M)`` (rows are anchors);
@@ -244,7 +269,7 @@ def loss_from_similarity(
     which must lie inside the valid mask (``ValueError`` otherwise, checked eagerly)."""
     return _run("similarity", (similarity, positive_mask, valid_mask, where),
                 logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction,
-                chunk_size=chunk_size, xp=xp)
+                chunk_size=chunk_size, xp=xp, check_finite=check_finite)
 
 
 def loss_from_similarity_value_and_grad(
@@ -257,14 +282,16 @@ def loss_from_similarity_value_and_grad(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
     cotangent: Any = None,
+    check_finite: bool = False,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """:func:`loss_from_similarity` and its analytic gradient ``(d_similarity,)``."""
     return _run("similarity", (similarity, positive_mask, valid_mask, where),
                 logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction,
-                chunk_size=chunk_size, xp=xp, with_grad=True, cotangent=cotangent)
+                chunk_size=chunk_size, xp=xp,
+                check_finite=check_finite, with_grad=True, cotangent=cotangent)
 
 
 for _f in (info_nce, nt_xent, sup_con, loss_from_similarity):

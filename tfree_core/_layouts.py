@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import _strategy
 from . import _validation as check
 from ._kernel import (
     MaskedStats,
@@ -22,8 +23,9 @@ from ._kernel import (
 from ._maps import make_map
 from ._namespace import Array, Namespace, cast_like, device_of, to_compute
 from ._normalize import normalize, normalize_vjp
-from ._options import Options, check_chunk_size, check_eps_for_dtype
+from ._options import AUTO_CHUNK, Options, check_chunk_size, check_eps_for_dtype
 from ._reduce import anchor_weights, reduce
+from ._strategy import device_kind, resolve_chunk_size
 
 Residuals = dict[str, Any]
 
@@ -90,7 +92,7 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
     options: Options = problem_kw["options"]
     symmetric = problem_kw.get("symmetric", False)
     chunk_size = check_chunk_size(problem_kw.get("chunk_size"))
-    if layout == "similarity" and chunk_size is not None:
+    if layout == "similarity" and chunk_size not in (None, AUTO_CHUNK):
         raise ValueError(
             "chunk_size does not apply to loss_from_similarity: the similarity matrix is an "
             f"input, so there is nothing to tile; got chunk_size={chunk_size!r}"
@@ -156,11 +158,41 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
         check.check_mask("where", where, (arrays[0].shape[0],), xp)
     check.check_same_device(list(zip(ARRAY_NAMES[layout], arrays, strict=True)))
     masked = layout in ("sup_con", "similarity") or (layout == "pairs" and arrays[2] is not None)
-    problem = Problem(
-        layout, options, symmetric, dtypes, views, dtypes[0] == xp.float64, masked, chunk_size
-    )
+    float64 = dtypes[0] == xp.float64
+    kind = (problem_kw.get("device_kind") or device_kind(device_of(arrays[0]))
+            or _strategy.CPU)
+    shape = _matrix_shape(layout, arrays)
+    if shape["m"] is not None:  # sharded: the local rows meet every device's candidates
+        shape["m"] *= problem_kw.get("world_size", 1)
+    chunk_size = resolve_chunk_size(chunk_size, **shape, float64=float64, kind=kind)
+    problem = Problem(layout, options, symmetric, dtypes, views, float64, masked, chunk_size)
     check_eps_for_dtype(options, problem.float64)
     return problem
+
+
+def _static(size: object) -> int | None:
+    """A size known now, or ``None`` (unknown in a graph, or symbolic under
+    ``torch.compile(dynamic=True)``, where reading it would specialise the trace)."""
+    return size if type(size) is int else None
+
+
+def _matrix_shape(layout: str, arrays: tuple[Array | None, ...]) -> dict[str, int | None]:
+    """``n`` anchors, ``m`` candidates per anchor and the per-row gather depth of ``S``
+    (``None`` where a size is not static); the similarity layout is never tiled."""
+    first = arrays[0]
+    n = _static(first.shape[0])
+    if layout == "similarity":
+        return {"n": None, "m": None, "depth": 0}
+    if layout == "negatives":
+        negatives = arrays[2]
+        depth = _static(negatives.shape[-1]) if len(negatives.shape) == 3 else 0
+        return {"n": n, "m": _static(negatives.shape[-2]), "depth": depth or 0}
+    if layout == "nt_xent":
+        n = None if n is None else 2 * n
+    elif layout == "sup_con" and len(first.shape) == 3:
+        views = _static(first.shape[1])
+        n = None if n is None or views is None else n * views
+    return {"n": n, "m": n, "depth": 0}
 
 
 def loss_shape(problem: Problem, arrays: tuple[Array | None, ...]) -> tuple[int, ...]:

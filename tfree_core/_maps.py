@@ -21,7 +21,9 @@ array saves more than the arithmetic costs; plain rebinding for JAX and TensorFl
 
 from __future__ import annotations
 
-from ._namespace import Array, Namespace, scalar
+import numpy as np
+
+from ._namespace import Array, Namespace, fuses_elementwise, scalar
 from ._options import Options
 
 
@@ -50,6 +52,8 @@ class ArctanhMap:
     def ratio(self, s: Array, shift: None, keep: Array | None, xp: Namespace) -> Array:
         """``R = (1+c)/(1-c) = exp(φ(c))``: no ``exp``, ``log`` or ``atanh`` per element;
         dropped entries become ``c = -1``, hence ``R = 0`` exactly."""
+        if fuses_elementwise(xp):
+            return self._fused_ratio(s, keep, xp)
         c = self._clip(s, xp)
         if keep is not None:
             c = xp.where(keep, c, scalar(-1.0, c, xp))
@@ -57,6 +61,19 @@ class ArctanhMap:
         c *= -1
         c += 1
         r /= c
+        return r
+
+    def _fused_ratio(self, s: Array, keep: Array | None, xp: Namespace) -> Array:
+        """The same ``R``, bit for bit, as ``max(min(1+s, 1+b)/max(1-s, 1-b), R(-b))``:
+        inside ``[-b, b]`` the bounds are inactive; above, it is ``(1+b)/(1-b)``; below,
+        ``(1+s)/(1-s) < R(-b)`` (rounding is monotonic), so the outer bound gives ``R(-b)``.
+        A fusing compiler (XLA) folds this chain into the row sum that consumes it, where
+        a clip or a select would first write the whole matrix."""
+        real = np.float64 if s.dtype == xp.float64 else np.float32
+        upper, lower = real(1) + real(self.bound), real(1) - real(self.bound)
+        r = xp.maximum(xp.minimum(1 + s, upper) / xp.maximum(1 - s, lower), lower / upper)
+        if keep is not None:
+            r = xp.where(keep, r, scalar(0.0, r, xp))
         return r
 
     def positive_ratio(self, s_positive: Array, shift: None, xp: Namespace) -> Array:

@@ -42,6 +42,17 @@ def device_of(x: Array) -> Any:
         return getattr(x, "device", None)
 
 
+def fuses_elementwise(xp: Namespace) -> bool:
+    """Whether ``xp`` compiles element-wise chains into single passes (JAX's XLA, or a
+    namespace whose own ``fuses_elementwise()`` says so, as TensorFlow's shim does while
+    tracing), where a clip or a select between two passes costs a materialised temporary
+    but ``minimum`` / ``maximum`` / division do not."""
+    if array_api_compat.is_jax_namespace(xp):
+        return True
+    own = getattr(xp, "fuses_elementwise", None)
+    return bool(own()) if callable(own) else False
+
+
 def scalar(value: float, like: Array, xp: Namespace) -> Array:
     """A 0-d array holding ``value`` with the dtype and device of ``like``.
 

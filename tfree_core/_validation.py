@@ -48,13 +48,18 @@ def check_rank(name: str, x: Array, ranks: tuple[int, ...], layout: str) -> None
         raise ValueError(f"{name} must have shape {wanted}; got shape {_fmt(_shape(x))}")
 
 
+# The letter of each axis kind in the messages (``(N, V, D)``, ``(M, D)``, ``(N, M)``).
+_AXIS_LETTER = {"row": "N", "sample": "N", "anchor": "N", "view": "V", "feature": "D",
+                "negative": "M", "candidate": "M"}
+
+
 def check_nonempty(name: str, x: Array, axes: Sequence[int], what: Sequence[str]) -> None:
     shape = _shape(x)
     for axis, label in zip(axes, what, strict=True):
         if shape[axis] == 0:
             raise ValueError(
-                f"{name} must have at least one {label} ({'N' if axis == 0 else 'D'} >= 1); "
-                f"got shape {_fmt(shape)}"
+                f"{name} must have at least one {label} ({_AXIS_LETTER.get(label, '?')} >= 1);"
+                f" got shape {_fmt(shape)}"
             )
 
 
@@ -127,17 +132,25 @@ def check_same_device(named: Sequence[tuple[str, Array | None]]) -> None:
     from ._namespace import device_of
 
     present = [(name, x, device_of(x)) for name, x in named if x is not None]
-    known = [(name, dev) for name, _, dev in present if dev is not None]
+    # None under jax.jit, "" for a TensorFlow graph tensor placed nowhere yet: unknown
+    known = [(name, dev) for name, _, dev in present if dev is not None and dev != ""]
     for name, dev in known[1:]:
         if dev != known[0][1]:
-            raise ValueError(
-                f"{name} is on device {dev} but {known[0][0]} is on device {known[0][1]}; "
-                "all arrays of one call must share a device"
-            )
+            raise ValueError(mixed_device_message(name, dev, *known[0]))
+
+
+def mixed_device_message(name: str, device: Any, first_name: str, first_device: Any) -> str:
+    """The one message for arrays of one call on different devices."""
+    return (
+        f"{name} is on device {device} but {first_name} is on device {first_device}; "
+        "all arrays of one call must share a device"
+    )
 
 
 def check_negatives_conflicts(negatives: Array | None, labels: Array | None, symmetric: bool):
-    """SPEC §3: explicit negatives with labels or with a symmetric loss are undefined."""
+    """SPEC §3: explicit negatives with labels or with a symmetric loss are undefined.
+    Also checks that ``symmetric`` is a bool (every ``info_nce`` runs this first)."""
+    check_flag("symmetric", symmetric)
     if negatives is None:
         return
     if labels is not None:
@@ -148,3 +161,121 @@ def check_negatives_conflicts(negatives: Array | None, labels: Array | None, sym
         raise ValueError(
             "negatives cannot be combined with symmetric=True (SPEC §3: undefined)"
         )
+
+
+def check_flag(name: str, value: object) -> None:
+    """A switch (``symmetric``, ``check_finite``) must be a real bool: a string such as
+    ``"False"`` would otherwise be truthy and silently switch it on."""
+    if not isinstance(value, bool) and type(value).__name__ not in ("bool_", "bool"):  # NumPy
+        raise TypeError(f"{name} must be a bool (True or False); got {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------- libraries
+
+# Array libraries whose arrays a backend recognises as foreign (by the top-level module of
+# the array's type); anything else is left to the backend's own conversion.
+_LIBRARY_ALIASES = {"jaxlib": "jax"}
+
+
+def library_root(module: str) -> str:
+    """The array library of a type defined in ``module``: its top-level package
+    (``jaxlib`` counts as ``jax``), e.g. ``"numpy"``, ``"torch"``, ``"tensorflow"``."""
+    root = module.split(".", 1)[0]
+    return _LIBRARY_ALIASES.get(root, root)
+
+
+def library_of(x: object) -> str:
+    """The array library of ``x`` (:func:`library_root` of its type's module)."""
+    return library_root(type(x).__module__)
+
+
+def mixed_library_message(name: str, got: str, accepted: Sequence[str]) -> str:
+    """The one message for an array from the wrong library, in the core and every backend
+    (``got``: a library from :func:`library_of`, or ``"Python <type>"``)."""
+    what = f"a {got}" if got.startswith("Python ") else f"a {got} array"
+    return (
+        f"{name} is {what}, but this call takes {' or '.join(accepted)} arrays: all "
+        "arrays of one call must come from one array library"
+    )
+
+
+def library_error(
+    types: Sequence[tuple[str, str, str]],
+    accepted: Sequence[str] | None = None,
+    also: Sequence[str] = (),
+) -> str:
+    """The mixed-library message for arrays given as ``(name, type's module, type's name)``
+    (absent arrays left out), or ``""`` when they are fine; see :func:`check_one_library`.
+    Works on strings only, so that ``torch.compile`` can evaluate it as a constant."""
+    if not types:
+        return ""
+    if accepted is None:
+        accepted = (library_root(types[0][1]),)
+    for name, module, type_name in types:
+        got = library_root(module)
+        if got not in accepted and got not in also:
+            if got == "builtins":
+                got = f"Python {type_name}"
+            return mixed_library_message(name, got, accepted)
+    return ""
+
+
+def array_types(named: Sequence[tuple[str, Array | None]]) -> tuple[tuple[str, str, str], ...]:
+    """``(name, type's module, type's name)`` of the arrays present, for
+    :func:`library_error`."""
+    return tuple((name, type(x).__module__, type(x).__name__)
+                 for name, x in named if x is not None)
+
+
+def check_one_library(
+    named: Sequence[tuple[str, Array | None]],
+    accepted: Sequence[str] | None = None,
+    also: Sequence[str] = (),
+) -> None:
+    """All arrays of one call from one library, before anything reads them (``TypeError``).
+
+    ``accepted``: the libraries a backend takes (``("torch",)``; ``("jax", "numpy")``:
+    JAX and TensorFlow convert NumPy arrays themselves); ``None`` (the core): the library of
+    the first array. ``also``: further accepted roots not named in the message (Python
+    lists and numbers, ``"builtins"``, which JAX and TensorFlow convert).
+    """
+    message = library_error(array_types(named), accepted, also)
+    if message:
+        raise TypeError(message)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def count_nonfinite(x: Array, xp: Namespace) -> tuple[int, int]:
+    """``(NaN count, ±inf count)`` of a floating array; reads its values (eager only)."""
+    nan = int(xp.sum(xp.astype(xp.isnan(x), xp.int64)))
+    inf = int(xp.sum(xp.astype(xp.isinf(x), xp.int64)))
+    return nan, inf
+
+
+def check_finite(named: Sequence[tuple[str, Array | None]], xp: Namespace) -> None:
+    """``check_finite=True``: every floating input free of NaN and ±inf (a value check: the
+    arrays must be concrete). Raises ``ValueError`` naming the first offending input and
+    how many non-finite values it holds."""
+    for name, x in named:
+        if x is None or not xp.isdtype(x.dtype, "real floating"):
+            continue
+        nan, inf = count_nonfinite(x, xp)
+        if nan or inf:
+            size = 1
+            for d in x.shape:
+                size *= int(d)
+            raise ValueError(
+                f"check_finite=True: {name} has {nan + inf} non-finite values ({nan} NaN, "
+                f"{inf} ±inf) among its {size} entries; the loss needs finite inputs"
+            )
+
+
+def needs_eager_message(mechanism: str) -> str:
+    """The one message for ``check_finite=True`` where the values are not known."""
+    return (
+        f"check_finite=True reads the input values, which are unknown while {mechanism} "
+        "traces the call: call the loss eagerly to check its inputs, or pass "
+        f"check_finite=False under {mechanism}"
+    )

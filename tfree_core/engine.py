@@ -23,17 +23,20 @@ Tiled evaluation
 ``prepare(..., chunk_size=...)`` records the evaluation strategy in the static
 ``Problem`` (hashable, like everything in it):
 
-* ``None`` (default): untiled. The whole ``N × M`` matrix ``S`` is built once and kept
-  for the backward, the fastest path while it fits. It stays the default because the
-  switch must be static: a size-dependent default would make the residual structure a
-  function of the batch size, which is symbolic under ``torch.compile(dynamic=True)`` and
-  unknown under ``tf.function``, and would change the round-off with the batch size.
+* ``None`` (``prepare``'s default): untiled. The whole ``N × M`` matrix ``S`` is built
+  once and kept for the backward.
 * an int ``c``: anchors are taken ``c`` rows at a time (``min(c, N)``); each block of
   ``S`` is built, used and dropped, and recomputed in the backward. No ``N × M`` array
   exists; extra memory ``O((N + M)·D + c·M)``; about one extra matrix product (4 instead
   of 3). Results equal the untiled ones to round-off for any ``c``.
-* ``"auto"``: tiled, with the most rows whose block of ``S`` takes at most
-  :data:`AUTO_BLOCK_BYTES` (64 MiB), from the arrays' static shapes (:func:`block_size`).
+* ``"auto"`` (the public functions' default): resolved by :func:`prepare` from the static
+  shapes and the kind of device into ``None`` or rows per block (``tfree_core._strategy``:
+  untiled while ``S`` takes at most 8 MiB on a CPU, 1 GiB on an accelerator; else blocks of
+  at most 8 MiB, cache-sized, on a CPU and 64 MiB on an accelerator), so a prepared
+  ``Problem`` holds ``None`` or an int. Size-dependent, but static wherever shapes are
+  (``jax.jit``, ``tf.function`` with static shapes, ``torch.compile``); a size that is
+  unknown or symbolic (``torch.compile(dynamic=True)``) resolves to ``None``, so the
+  strategy never forces a specialisation.
 
 A tiled problem has its own residuals (:func:`residual_keys`): the normalised embeddings
 and norms, ``labels`` and ``where`` (the vectors the block masks are rebuilt from; ``None``
@@ -66,17 +69,20 @@ one ``TensorArray`` per output, stacked at the end. PyTorch: the default Python 
 
 from __future__ import annotations
 
-from . import _layouts, _tiled, _validation
+from . import _layouts, _sharded, _tiled, _validation
 from ._layouts import DIFFERENTIABLE, Problem, Residuals, loss_shape, validate
 from ._namespace import Array, Namespace
 from ._options import Options, make_options
+from ._sharded import SHARDED_LAYOUTS, Collectives
 from ._tiled import AUTO_BLOCK_BYTES, Body, Carry, Loop, block_size, python_loop
 
 __all__ = [
     "AUTO_BLOCK_BYTES",
     "DIFFERENTIABLE",
+    "SHARDED_LAYOUTS",
     "Body",
     "Carry",
+    "Collectives",
     "Loop",
     "Options",
     "Problem",
@@ -84,6 +90,7 @@ __all__ = [
     "backward",
     "block_size",
     "check_negatives_conflicts",
+    "check_sharded",
     "check_values",
     "forward",
     "loss_shape",
@@ -91,6 +98,9 @@ __all__ = [
     "prepare",
     "python_loop",
     "residual_keys",
+    "sharded_backward",
+    "sharded_forward",
+    "sharded_residual_keys",
 ]
 
 
@@ -101,13 +111,20 @@ def prepare(
     options: Options,
     symmetric: bool = False,
     chunk_size: int | str | None = None,
+    device_kind: str | None = None,
+    world_size: int = 1,
     xp: Namespace,
 ) -> Problem:
     """Validate ``arrays`` for ``layout`` (before any computation) and return the static
     description of the call. ``chunk_size`` (``None``, ``"auto"`` or rows per block) is
-    validated here and recorded in the ``Problem``."""
+    validated here and recorded in the ``Problem``, ``"auto"`` resolved to ``None`` or rows
+    per block (``_strategy``) for ``device_kind`` (``"cpu"`` or ``"accelerator"``; default:
+    read from the arrays' device, CPU where it is unknown, as under tracing). A sharded
+    call (``sharded_forward``) passes its ``world_size``: each device's rows then meet
+    ``world_size`` times as many candidates, which ``"auto"`` must budget for."""
     return validate(
-        layout, arrays, {"options": options, "symmetric": symmetric, "chunk_size": chunk_size},
+        layout, arrays, {"options": options, "symmetric": symmetric, "chunk_size": chunk_size,
+                         "device_kind": device_kind, "world_size": world_size},
         xp,
     )
 
@@ -162,3 +179,50 @@ def backward(
     if problem.chunk_size is None:
         return _layouts.backward(problem, res, cotangent, xp)
     return _tiled.backward(problem, res, cotangent, xp, loop=loop)
+
+
+# --------------------------------------------------------------------------- distributed
+
+check_sharded = _sharded.check_sharded
+"""``check_sharded(problem, world_size)``: ``ValueError`` for a layout without a global
+batch (explicit negatives, the similarity level) or a world size that is not a positive
+int. Backends call it after :func:`prepare`, before any collective."""
+
+
+def sharded_residual_keys(problem: Problem) -> tuple[str, ...]:
+    """The residual names of :func:`sharded_forward` (static, like :func:`residual_keys`)."""
+    return _sharded.residual_keys(problem)
+
+
+def sharded_forward(
+    problem: Problem,
+    arrays: tuple[Array | None, ...],
+    xp: Namespace,
+    comm: Collectives,
+    *,
+    loop: Loop | None = None,
+) -> tuple[Array, Residuals]:
+    """Data-parallel forward: this rank's share of the loss of the global batch (the
+    ranks' inputs concatenated in rank order) and its residuals.
+
+    ``comm`` supplies ``world_size``, ``rank``, ``all_gather``, ``all_reduce_sum``,
+    ``all_reduce_max`` and ``reduce_scatter_sum`` (:class:`Collectives`). The value is
+    scaled so that its average over ranks is the single-device loss ("mean": ``W·Σ_local
+    L_i / n_global``, "sum": ``W·Σ_local L_i``, "none": the local anchors' ``L_i``);
+    ``chunk_size`` tiles the local rows with ``loop`` as in :func:`forward`.
+    """
+    return _sharded.forward(problem, arrays, xp, comm, loop=loop)
+
+
+def sharded_backward(
+    problem: Problem,
+    res: Residuals,
+    cotangent: Array,
+    xp: Namespace,
+    comm: Collectives,
+    *,
+    loop: Loop | None = None,
+) -> tuple[Array, ...]:
+    """Gradients of ``Σ_ranks cotangent·loss`` w.r.t. this rank's inputs: every rank calls
+    it (collectives inside); averaged over ranks, they give the single-device gradient."""
+    return _sharded.backward(problem, res, cotangent, xp, comm, loop=loop)

@@ -15,14 +15,19 @@ Matrix products run at ``Precision.HIGHEST`` (SPEC §2.3: no TF32 / bf16 passes 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 import tfree_core
 from tfree_core import DEFAULT_EPS, engine
+from tfree_core import _validation as check
+from tfree_core._layouts import ARRAY_NAMES
 from tfree_core._maps import make_map
+
+from ._distributed import distributed_loss, world_size
+from ._pallas import check_kernel, fused_loss, interpret_on, use_fused
 
 Array = jax.Array
 
@@ -98,6 +103,17 @@ def _loss_bwd(problem: engine.Problem, saved, cotangent: Array):
 _loss.defvjp(_loss_fwd, _loss_bwd)
 
 
+def _check_finite(layout: str, arrays: tuple[Array | None, ...]) -> None:
+    """``check_finite=True``: count the non-finite values of the differentiable inputs.
+    Their values are concrete eagerly (also under an eager ``jax.grad``), not while
+    ``jax.jit`` or ``jax.vmap`` traces: a ``ValueError`` there, never a silent skip."""
+    names = engine.DIFFERENTIABLE[layout]
+    try:
+        check.check_finite(list(zip(names, arrays[: len(names)], strict=True)), jnp)
+    except jax.errors.ConcretizationTypeError:
+        raise ValueError(check.needs_eager_message("jax.jit / jax.vmap")) from None
+
+
 def _call(
     layout: str,
     arrays: tuple[Array | None, ...],
@@ -107,18 +123,39 @@ def _call(
     temperature: float | None,
     eps: float,
     reduction: str,
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Hashable | None = None,
+    check_finite: bool = False,
+    kernel: str = "auto",
 ) -> Array:
+    # Before conversion: jnp.asarray would take a torch tensor through NumPy silently.
+    check.check_one_library(list(zip(ARRAY_NAMES[layout], arrays, strict=True)),
+                            ("jax", "numpy"), also=("builtins",))
+    check.check_flag("check_finite", check_finite)
+    check_kernel(kernel)
     arrays = tuple(None if a is None else jnp.asarray(a) for a in arrays)
     options = engine.make_options(
         logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
     )
+    # Traced arrays carry no device: the computation runs on the default backend. XLA fuses
+    # the element-wise work on a CPU too, which moves the point where tiling pays off.
+    platform = (jax.default_backend() if _is_traced(arrays)
+                else next(iter(arrays[0].devices())).platform)
+    kind = "fused_cpu" if platform == "cpu" else "accelerator"
     problem = engine.prepare(layout, arrays, options=options, symmetric=symmetric,
-                             chunk_size=chunk_size, xp=jnp)
+                             chunk_size=chunk_size, device_kind=kind,
+                             world_size=1 if group is None else world_size(group), xp=jnp)
     # The value checks read the masks only, which stay concrete under an eager jax.grad.
     if not _is_traced(arrays[len(engine.DIFFERENTIABLE[layout]):]):
         engine.check_values(problem, arrays, jnp)
+    if check_finite:
+        _check_finite(layout, arrays)
+    fused = use_fused(kernel, problem, arrays, platform, group)
+    if group is not None:
+        return distributed_loss(problem, arrays, group)
     try:
+        if fused:
+            return fused_loss(problem, interpret_on(platform), *arrays)
         return _loss(problem, *arrays)
     except TypeError as err:
         if "forward-mode" in str(err):  # custom_vjp under jax.jvp / jax.jacfwd
@@ -141,6 +178,38 @@ _COMMON_DOC = """
             logit cap 14.5087 in float64, 14.4955 in float32).
         reduction: ``"mean"`` over anchors with a positive (0 if none), ``"sum"``, or
             ``"none"`` (per-anchor losses, 0 for anchors without a positive).
+        chunk_size: ``"auto"`` (default): chosen from the static shapes and the backend
+            (``jax.default_backend()`` under ``jit``): the whole ``N × M`` similarity matrix
+            while it takes at most 256 MiB on a CPU (XLA fuses the element-wise work there,
+            so tiling pays off only for memory) or 1 GiB on an accelerator, else tiled in
+            blocks of at most 64 MiB. ``None``: always
+            the whole matrix, kept for the gradient (three matrix products). A positive
+            int: tiled, ``chunk_size`` anchors at a time (a ``lax.scan``), each block of the
+            matrix recomputed in the gradient, so no ``N × M`` array exists (extra memory
+            ``O((N + M)·D + chunk_size·M)``, four matrix products instead of three).
+            Results agree to round-off whatever the choice. :func:`loss_from_similarity`
+            is never tiled (its matrix is an input): an int there is a ``ValueError``.
+        group: (``info_nce`` without ``negatives``, ``nt_xent``, ``sup_con``) the name of
+            a mapped axis of an enclosing ``jax.shard_map`` / ``jax.pmap`` to shard the
+            batch over (data parallel; see the Distributed page), or ``None`` (default):
+            one device. Each device passes its local rows; the value is scaled so that its
+            ``lax.pmean`` is the loss of the concatenated batch, and ``lax.pmean`` of the
+            gradients is exactly its gradient. Composes with ``chunk_size``.
+        check_finite: ``True``: count the NaN and ±inf values of the floating inputs first
+            and raise ``ValueError`` naming the input and the count. Eager only (also
+            under an eager ``jax.grad``): under ``jax.jit`` or ``jax.vmap`` the values are
+            unknown at trace time and it is a ``ValueError`` (use ``jax.debug_nans`` or
+            ``jax.experimental.checkify`` there). Default ``False``.
+        kernel: ``"auto"`` (default): the portable core. Once the fused Pallas kernels
+            (tiles of ``S`` reduced on chip, no ``N × M`` array; see the Performance page)
+            are verified compiled on a GPU (so far: in Pallas' interpreter), ``"auto"``
+            will pick them when the call runs on a GPU and is supported (the arctanh map
+            on ``info_nce`` without ``labels``, with shared ``(M, D)`` ``negatives`` or
+            none, and ``nt_xent``; no ``group``).
+            ``"portable"``: always the core. ``"fused"``: always the kernels, a
+            ``ValueError`` naming the option that prevents it otherwise; on a CPU they run
+            in Pallas' interpreter (``interpret=True``), which is slow and meant for tests.
+            Composes with ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
 
     Returns the loss in the compute dtype: float64 for float64 inputs (with
     ``jax_enable_x64``), float32 for float16 / bfloat16 / float32 inputs. Gradients
@@ -165,7 +234,10 @@ def info_nce(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Hashable | None = None,
+    check_finite: bool = False,
+    kernel: str = "auto",
 ) -> Array:
     """The pairs layout (InfoNCE, CLIP) with the temperature-free logit map
     (Kim & Kim, arXiv:2501.17683).
@@ -185,10 +257,12 @@ def info_nce(
     """
     _negatives_conflicts(negatives, labels, symmetric)
     common = {"logit_map": logit_map, "temperature": temperature, "eps": eps,
-              "reduction": reduction, "chunk_size": chunk_size}
+              "reduction": reduction, "chunk_size": chunk_size, "check_finite": check_finite,
+              "kernel": kernel}
     if negatives is not None:
-        return _call("negatives", (query, key, negatives, where), **common)
-    return _call("pairs", (query, key, labels, where), symmetric=symmetric, **common)
+        return _call("negatives", (query, key, negatives, where), group=group, **common)
+    return _call("pairs", (query, key, labels, where), symmetric=symmetric, group=group,
+                 **common)
 
 
 def nt_xent(
@@ -200,7 +274,10 @@ def nt_xent(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Hashable | None = None,
+    check_finite: bool = False,
+    kernel: str = "auto",
 ) -> Array:
     """NT-Xent (SimCLR): ``Z = [z1; z2]`` of ``2N`` rows; each row's candidates are the other
     ``2N - 1`` rows and its positive is the other view ``i ± N``::
@@ -211,7 +288,8 @@ def nt_xent(
     ``(z1_i, z2_i)`` together.
     """
     return _call("nt_xent", (z1, z2, where), logit_map=logit_map, temperature=temperature,
-                 eps=eps, reduction=reduction, chunk_size=chunk_size)
+                 eps=eps, reduction=reduction, chunk_size=chunk_size, group=group,
+                 check_finite=check_finite, kernel=kernel)
 
 
 def sup_con(
@@ -223,7 +301,10 @@ def sup_con(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Hashable | None = None,
+    check_finite: bool = False,
+    kernel: str = "auto",
 ) -> Array:
     """Supervised contrastive loss (SupCon, "outside" average): ``features`` ``(N, D)`` or
     ``(N, V, D)`` (views flattened view-major); candidates are all other rows, positives
@@ -234,7 +315,8 @@ def sup_con(
     ``reduction="none"`` gives ``(N,)`` or ``(N, V)`` like the input.
     """
     return _call("sup_con", (features, labels, where), logit_map=logit_map,
-                 temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size)
+                 temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
+                 group=group, check_finite=check_finite, kernel=kernel)
 
 
 def loss_from_similarity(
@@ -247,6 +329,9 @@ def loss_from_similarity(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
+    chunk_size: int | str | None = "auto",
+    check_finite: bool = False,
+    kernel: str = "auto",
 ) -> Array:
     """The loss on a precomputed similarity matrix ``S`` ``(N, M)`` (rows are anchors)::
 
@@ -258,7 +343,8 @@ def loss_from_similarity(
     trace time) and positives outside ``C`` are ignored.
     """
     return _call("similarity", (similarity, positive_mask, valid_mask, where),
-                 logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction)
+                 logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction,
+                 chunk_size=chunk_size, check_finite=check_finite, kernel=kernel)
 
 
 for _f in (info_nce, nt_xent, sup_con, loss_from_similarity):

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfree_core import DEFAULT_EPS, engine
 from tfree_core._options import check_chunk_size
+from tfree_core._validation import check_flag
 
 from ._losses import Tensor, info_nce, nt_xent, sup_con
 
@@ -74,6 +75,9 @@ class TemperatureFreeLoss(keras.losses.Loss):
             label are positives.
         logit_map, temperature, eps, reduction, chunk_size: as in
             :func:`tfree_tf.info_nce` (``chunk_size`` tiles large batches).
+        check_finite: ``True``: reject NaN and ±inf in ``y_pred`` (``ValueError``). Eager
+            only: compile the model with ``run_eagerly=True``; in Keras' traced ``fit`` it
+            is a ``ValueError`` at trace time, never a silent skip.
         max_batch_size: the static size ``B`` batches of unknown size are padded to
             (default: the largest batch size seen so far).
         name, dtype: as in ``keras.losses.Loss``.
@@ -89,7 +93,8 @@ class TemperatureFreeLoss(keras.losses.Loss):
         temperature: float | None = None,
         eps: float = DEFAULT_EPS,
         reduction: str = "mean",
-        chunk_size: int | str | None = None,
+        chunk_size: int | str | None = "auto",
+        check_finite: bool = False,
         max_batch_size: int | None = None,
         name: str | None = None,
         dtype: Any = None,
@@ -120,6 +125,8 @@ class TemperatureFreeLoss(keras.losses.Loss):
         self.temperature = temperature
         self.eps = eps
         self.chunk_size = check_chunk_size(chunk_size)
+        check_flag("check_finite", check_finite)
+        self.check_finite = bool(check_finite)
         self.max_batch_size = max_batch_size
         self._dtype_argument = dtype
         self._largest_batch = 0  # the largest static batch size traced so far
@@ -127,7 +134,8 @@ class TemperatureFreeLoss(keras.losses.Loss):
     # The options every call shares.
     def _options(self) -> dict[str, Any]:
         return {"logit_map": self.logit_map, "temperature": self.temperature, "eps": self.eps,
-                "reduction": self.reduction, "chunk_size": self.chunk_size}
+                "reduction": self.reduction, "chunk_size": self.chunk_size,
+                "check_finite": self.check_finite}
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Tensor:
         """The loss, reduced by SPEC's ``reduction`` only, cast to ``self.dtype``."""
@@ -224,6 +232,7 @@ class TemperatureFreeLoss(keras.losses.Loss):
             temperature=self.temperature,
             eps=self.eps,
             chunk_size=self.chunk_size,
+            check_finite=self.check_finite,
             max_batch_size=self.max_batch_size,
             dtype=self._serialised_dtype(),
         )

@@ -35,9 +35,11 @@ import tensorflow as tf
 
 import tfree_core
 from tfree_core import DEFAULT_EPS, engine
+from tfree_core import _validation as check
 from tfree_core._maps import make_map
 
 from . import _xp as xp
+from ._distributed import distributed_loss, world_size
 
 Tensor = tf.Tensor
 TensorLike = Any  # tf.Tensor, tf.Variable, NumPy array or nested Python numbers
@@ -158,8 +160,8 @@ def _shapes(arrays: tuple[Tensor | None, ...]) -> tuple:
 def _forward(problem: engine.Problem, arrays: tuple[Tensor | None, ...], compiled: bool):
     """``engine.forward`` on tensors: op by op eagerly (with the value checks), as an
     XLA-compiled function when traced with ``compiled`` (see :func:`set_jit_core`)."""
-    if _executing_eagerly():
-        return _forward_ops(problem, arrays, True)
+    if _executing_eagerly():  # the value checks ran in _call, before any work
+        return _forward_ops(problem, arrays, False)
     if compiled:
         return _compiled(problem, _shapes(arrays))[0](arrays)
     return _forward_ops(problem, arrays, False)
@@ -217,14 +219,33 @@ def _call(
     eps: float,
     reduction: str,
     chunk_size: int | str | None,
+    group: Any = None,
+    check_finite: bool = False,
 ) -> Tensor:
+    # Before conversion: tf.convert_to_tensor would take a torch tensor through NumPy.
+    check.check_one_library(named, ("tensorflow", "numpy"), also=("builtins", "keras"))
+    check.check_flag("check_finite", check_finite)
     options = engine.make_options(
         logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
     )
     arrays = tuple(_to_tensor(name, value) for name, value in named)
-    problem = engine.prepare(
-        layout, arrays, options=options, symmetric=symmetric, chunk_size=chunk_size, xp=xp
-    )
+    # Graph tensors report no device: assume the one TensorFlow places ops on by default.
+    kind = None if arrays[0].device else (
+        "accelerator" if tf.config.list_logical_devices("GPU") else "cpu")
+    problem = engine.prepare(layout, arrays, options=options, symmetric=symmetric,
+                             chunk_size=chunk_size, device_kind=kind,
+                             world_size=1 if group is None else world_size(group), xp=xp)
+    if check_finite:
+        # A value check: eager only. In a graph the values are unknown while tracing, and a
+        # silent skip would leave the user believing the inputs were checked.
+        if not _executing_eagerly():
+            raise ValueError(check.needs_eager_message("tf.function"))
+        names = engine.DIFFERENTIABLE[layout]
+        check.check_finite(list(zip(names, arrays[: len(names)], strict=True)), xp)
+    if group is not None:
+        return distributed_loss(problem, arrays, group)
+    if _executing_eagerly():  # value checks (positives inside valid_mask): eager only
+        engine.check_values(problem, arrays, xp)
     function, differentiable = _differentiable(problem, arrays)
     return function(*differentiable)  # positionally: keywords would drop the gradient
 
@@ -243,12 +264,28 @@ _COMMON_DOC = """
             logit cap 14.5087 in float64, 14.4955 in float32).
         reduction: ``"mean"`` over anchors with a positive (0 if none), ``"sum"``, or
             ``"none"`` (per-anchor losses, 0 for anchors without a positive).
-        chunk_size: ``None`` (default): build the whole ``N × M`` similarity matrix, the
-            fastest path while it fits in memory. A positive int: tiled evaluation,
-            anchors taken ``chunk_size`` rows at a time (a ``tf.while_loop`` in graphs)
-            and the matrix recomputed block by block in the gradient, so no ``N × M``
-            array exists. ``"auto"``: tiled, blocks of at most 64 MiB. Not for
-            :func:`loss_from_similarity` (``ValueError``).
+        chunk_size: ``"auto"`` (default): chosen from the static shapes and the device:
+            the whole ``N × M`` similarity matrix while it is small (up to 8 MiB on a CPU,
+            1 GiB on an accelerator), else tiled in blocks of at most 8 MiB (CPU: they stay
+            in cache) or 64 MiB. ``None``: always the whole matrix, kept for the gradient
+            (three matrix products). A positive int: tiled, ``chunk_size`` anchors at a
+            time (a ``tf.while_loop`` in graphs), each block of the matrix recomputed in
+            the gradient, so no ``N × M`` array exists (extra memory
+            ``O((N + M)·D + chunk_size·M)``, four matrix products instead of three).
+            Results agree to round-off whatever the choice. :func:`loss_from_similarity`
+            is never tiled (its matrix is an input): an int there is a ``ValueError``.
+        group: (``info_nce`` without ``negatives``, ``nt_xent``, ``sup_con``) inside
+            ``strategy.run``: ``True`` (the current replica context) or a
+            ``tf.distribute.ReplicaContext``, to shard the batch over the replicas (data
+            parallel; see the Distributed page); ``None`` (default): one device. Each
+            replica passes its local rows; the value is scaled so that its mean over the
+            replicas is the loss of the concatenated batch, and the replicas' mean
+            gradient is exactly its gradient. Composes with ``chunk_size``.
+        check_finite: ``True``: count the NaN and ±inf values of the floating inputs first
+            and raise ``ValueError`` naming the input and the count. Eager only: inside
+            ``tf.function`` (and Keras' compiled ``fit``) it is a ``ValueError`` at trace
+            time, the values being unknown there (``tf.debugging.enable_check_numerics``
+            checks graphs). Default ``False``.
 
     Inputs may be tensors, variables or NumPy arrays, with static shapes (under
     ``tf.function`` an unknown dimension is a ``ValueError``). Returns the loss in the
@@ -263,8 +300,12 @@ _COMMON_DOC = """
 
 
 # --------------------------------------------------------------------------- public API
+# Called from a function AutoGraph converts (a tf.function, a Keras train step, the replica
+# function of strategy.run), the losses' Python validation would be rewritten into graph
+# control flow; they have no tensor-dependent control flow, so they opt out of conversion.
 
 
+@tf.autograph.experimental.do_not_convert
 def info_nce(
     query: TensorLike,
     key: TensorLike,
@@ -277,7 +318,9 @@ def info_nce(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Any = None,
+    check_finite: bool = False,
 ) -> Tensor:
     """The pairs layout (InfoNCE, CLIP) with the temperature-free logit map
     (Kim & Kim, arXiv:2501.17683).
@@ -297,14 +340,15 @@ def info_nce(
     """
     _negatives_conflicts(negatives, labels, symmetric)
     common = {"logit_map": logit_map, "temperature": temperature, "eps": eps,
-              "reduction": reduction, "chunk_size": chunk_size}
+              "reduction": reduction, "chunk_size": chunk_size, "check_finite": check_finite}
     if negatives is not None:
         named = (("query", query), ("key", key), ("negatives", negatives), ("where", where))
-        return _call("negatives", named, **common)
+        return _call("negatives", named, group=group, **common)
     named = (("query", query), ("key", key), ("labels", labels), ("where", where))
-    return _call("pairs", named, symmetric=symmetric, **common)
+    return _call("pairs", named, symmetric=symmetric, group=group, **common)
 
 
+@tf.autograph.experimental.do_not_convert
 def nt_xent(
     z1: TensorLike,
     z2: TensorLike,
@@ -314,7 +358,9 @@ def nt_xent(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Any = None,
+    check_finite: bool = False,
 ) -> Tensor:
     """NT-Xent (SimCLR): ``Z = [z1; z2]`` of ``2N`` rows; each row's candidates are the other
     ``2N - 1`` rows and its positive is the other view ``i ± N``::
@@ -326,9 +372,11 @@ def nt_xent(
     """
     named = (("z1", z1), ("z2", z2), ("where", where))
     return _call("nt_xent", named, logit_map=logit_map, temperature=temperature, eps=eps,
-                 reduction=reduction, chunk_size=chunk_size)
+                 reduction=reduction, chunk_size=chunk_size, group=group,
+                 check_finite=check_finite)
 
 
+@tf.autograph.experimental.do_not_convert
 def sup_con(
     features: TensorLike,
     labels: TensorLike,
@@ -338,7 +386,9 @@ def sup_con(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Any = None,
+    check_finite: bool = False,
 ) -> Tensor:
     """Supervised contrastive loss (SupCon, "outside" average): ``features`` ``(N, D)`` or
     ``(N, V, D)`` (views flattened view-major); candidates are all other rows, positives
@@ -350,9 +400,11 @@ def sup_con(
     """
     named = (("features", features), ("labels", labels), ("where", where))
     return _call("sup_con", named, logit_map=logit_map, temperature=temperature, eps=eps,
-                 reduction=reduction, chunk_size=chunk_size)
+                 reduction=reduction, chunk_size=chunk_size, group=group,
+                 check_finite=check_finite)
 
 
+@tf.autograph.experimental.do_not_convert
 def loss_from_similarity(
     similarity: TensorLike,
     positive_mask: TensorLike,
@@ -363,7 +415,8 @@ def loss_from_similarity(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    check_finite: bool = False,
 ) -> Tensor:
     """The loss on a precomputed similarity matrix ``S`` ``(N, M)`` (rows are anchors)::
 
@@ -377,7 +430,7 @@ def loss_from_similarity(
     named = (("similarity", similarity), ("positive_mask", positive_mask),
              ("valid_mask", valid_mask), ("where", where))
     return _call("similarity", named, logit_map=logit_map, temperature=temperature, eps=eps,
-                 reduction=reduction, chunk_size=chunk_size)
+                 reduction=reduction, chunk_size=chunk_size, check_finite=check_finite)
 
 
 for _f in (info_nce, nt_xent, sup_con, loss_from_similarity):

@@ -38,6 +38,13 @@ import tensorflow as tf
 
 __array_api_version__ = "2023.12"
 
+
+def fuses_elementwise() -> builtins.bool:
+    """Not part of the standard: tells the core (``tfree_core._namespace``) whether
+    element-wise chains are fused, as in the graphs that ``tfree_tf`` compiles with XLA
+    (eager TensorFlow runs one kernel per operation)."""
+    return not tf.executing_eagerly()
+
 Array = tf.Tensor
 DType = tf.DType
 Device = str

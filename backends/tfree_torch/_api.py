@@ -3,14 +3,21 @@ the core's analytic gradient (one ``torch.autograd.Function``, see ``_function``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from tfree_core import DEFAULT_EPS, engine
+from tfree_core import _validation as check
 from tfree_core import logits as _core_logits
+from tfree_core._layouts import ARRAY_NAMES
 
+from ._distributed import apply_distributed, check_group, world_size
 from ._function import apply
 from ._namespace import xp
-from ._static import problem_for
+from ._static import assume_constant_result, problem_for
+from ._triton import apply as apply_fused
+from ._triton import check_kernel, use_fused
 
 __all__ = ["info_nce", "logits", "loss_from_similarity", "nt_xent", "sup_con"]
 
@@ -27,12 +34,37 @@ _COMMON_DOC = """
             logit cap 14.5087 in float64, 14.4955 in float32).
         reduction: ``"mean"`` over anchors with a positive (0 if none), ``"sum"``, or
             ``"none"`` (per-anchor losses, 0 for anchors without a positive).
-        chunk_size: ``None`` (default): build the whole ``N × M`` similarity matrix and keep
-            it for the backward, the fastest path while it fits. A positive int: tiled,
-            ``chunk_size`` anchors at a time, each block of the matrix recomputed in the
-            backward, so no ``N × M`` tensor exists (about 4/3 of the matrix products).
-            ``"auto"``: tiled, blocks of at most 64 MiB. Not for
-            :func:`loss_from_similarity` (``ValueError``).
+        chunk_size: ``"auto"`` (default): chosen from the static shapes and the device:
+            the whole ``N × M`` similarity matrix while it is small (up to 8 MiB on a CPU,
+            1 GiB on an accelerator), else tiled in blocks of at most 8 MiB (CPU: they stay
+            in cache) or 64 MiB. ``None``: always the whole matrix, kept for the gradient
+            (three matrix products). A positive int: tiled, ``chunk_size`` anchors at a
+            time, each block of the matrix recomputed in the gradient, so no ``N × M``
+            array exists (extra memory ``O((N + M)·D + chunk_size·M)``, four matrix
+            products instead of three). Results agree to round-off whatever the choice.
+            :func:`loss_from_similarity` is never tiled (its matrix is an input): an int
+            there is a ``ValueError``.
+        group: (``info_nce`` without ``negatives``, ``nt_xent``, ``sup_con``) a
+            ``torch.distributed.ProcessGroup`` to shard the batch over (data parallel,
+            eager only; see the Distributed page), or ``None`` (default): one device. Each
+            rank passes its local rows; the value is scaled so that its average over the
+            ranks is the loss of the concatenated batch, so DDP's gradient averaging gives
+            exactly its gradient. Composes with ``chunk_size``.
+        kernel: ``"auto"`` (default): the portable core. Once the fused kernels are
+            verified compiled on a GPU (so far: in Triton's interpreter), ``"auto"`` will
+            pick them on CUDA tensors when Triton is installed and the call is supported
+            (the arctanh map on ``info_nce`` without ``labels``, with shared ``(M, D)``
+            ``negatives`` or none, and ``nt_xent``; eager, no ``group``).
+            ``"portable"``: always the core. ``"fused"``: always the kernels, a
+            ``ValueError`` naming what prevents it otherwise (CPU tensors run them only
+            in Triton's interpreter, ``TRITON_INTERPRET=1`` set before Triton is imported).
+        check_finite: ``True``: count the NaN and ±inf values of the floating inputs first
+            (one host synchronisation) and raise ``ValueError`` naming the input and the
+            count. Eager only: under ``torch.func.vmap`` and ``torch.compile(fullgraph=True)``
+            it is an error (the values are unknown while tracing; Dynamo reports it as
+            ``torch._dynamo.exc.Unsupported`` quoting the ``ValueError``); under
+            ``torch.compile`` without ``fullgraph`` Dynamo runs the call eagerly instead,
+            where the check runs. Default ``False``.
 
     Returns the loss in the compute dtype: float64 for float64 inputs, float32 for float16 /
     bfloat16 / float32 inputs (also under ``torch.autocast``). Gradients flow to the
@@ -47,6 +79,26 @@ def _in_vmap(t: Tensor) -> bool:
     return bool(is_batched is not None and is_batched(t))
 
 
+@assume_constant_result
+def _library_error(types: tuple[tuple[str, str, str], ...]) -> str:
+    """Tensors only (no NumPy arrays: torch's own functions take none either). A constant
+    under ``torch.compile``, which cannot trace the string handling."""
+    return check.library_error(types, ("torch",))
+
+
+def _check_finite(layout: str, arrays: tuple[Tensor | None, ...]) -> None:
+    """``check_finite=True``: count the non-finite values of the differentiable inputs (one
+    host synchronisation). Values are unknown while ``torch.compile`` or ``vmap`` traces:
+    a ``ValueError`` there (under ``torch.compile`` without ``fullgraph``, Dynamo then
+    runs the call eagerly, where the check runs)."""
+    if torch.compiler.is_compiling():
+        raise ValueError(check.needs_eager_message("torch.compile"))
+    if any(a is not None and _in_vmap(a) for a in arrays):
+        raise ValueError(check.needs_eager_message("torch.func.vmap"))
+    names = engine.DIFFERENTIABLE[layout]
+    check.check_finite(list(zip(names, arrays[: len(names)], strict=True)), xp)
+
+
 def _run(
     layout: str,
     arrays: tuple[Tensor | None, ...],
@@ -57,10 +109,22 @@ def _run(
     eps: float,
     reduction: str,
     chunk_size: int | str | None,
+    group: Any = None,
+    kernel: str = "auto",
+    check_finite: bool = False,
 ) -> Tensor:
+    if not all(a is None or isinstance(a, torch.Tensor) for a in arrays):
+        message = _library_error(check.array_types(list(zip(ARRAY_NAMES[layout], arrays,
+                                                            strict=True))))
+        raise TypeError(message)
+    check.check_flag("check_finite", check_finite)
+    check_kernel(kernel)
+    if group is not None:
+        check_group(group)
     problem = problem_for(layout, arrays, symmetric=symmetric, logit_map=logit_map,
                           temperature=temperature, eps=eps, reduction=reduction,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size,
+                          world_size=1 if group is None else world_size(group))
     # The value check (similarity layout: positives inside the valid mask) reads the masks
     # on the host: eager only, before the Function (never while compiling, never on vmap's
     # batched tensors), so the Function itself never synchronises.
@@ -70,6 +134,15 @@ def _run(
         and not any(a is not None and _in_vmap(a) for a in arrays)
     ):
         engine.check_values(problem, arrays, xp)
+    if check_finite:
+        _check_finite(layout, arrays)
+    if group is not None:
+        if kernel == "fused":
+            raise ValueError("kernel='fused' does not support group= yet (the distributed "
+                             "path runs the portable kernel); use kernel='auto' or 'portable'")
+        return apply_distributed(problem, arrays, group)
+    if use_fused(kernel, problem, arrays):
+        return apply_fused(problem, arrays)
     return apply(problem, arrays)
 
 
@@ -88,7 +161,10 @@ def info_nce(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Any = None,
+    kernel: str = "auto",
+    check_finite: bool = False,
 ) -> Tensor:
     """The pairs layout (InfoNCE, CLIP) with the temperature-free logit map.
 
@@ -107,10 +183,11 @@ def info_nce(
     """
     _negatives_conflicts(negatives, labels, symmetric)
     kw = {"logit_map": logit_map, "temperature": temperature, "eps": eps,
-          "reduction": reduction, "chunk_size": chunk_size}
+          "reduction": reduction, "chunk_size": chunk_size, "kernel": kernel,
+          "check_finite": check_finite}
     if negatives is not None:
-        return _run("negatives", (query, key, negatives, where), **kw)
-    return _run("pairs", (query, key, labels, where), symmetric=symmetric, **kw)
+        return _run("negatives", (query, key, negatives, where), group=group, **kw)
+    return _run("pairs", (query, key, labels, where), symmetric=symmetric, group=group, **kw)
 
 
 def nt_xent(
@@ -122,7 +199,10 @@ def nt_xent(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Any = None,
+    kernel: str = "auto",
+    check_finite: bool = False,
 ) -> Tensor:
     """NT-Xent (SimCLR): ``Z = [z1; z2]`` of ``2N`` rows; each row's candidates are the other
     ``2N - 1`` rows and its positive is the other view ``i ± N``::
@@ -131,7 +211,8 @@ def nt_xent(
 
     ``reduction="none"`` gives ``(2N,)``, the ``z1`` anchors first."""
     return _run("nt_xent", (z1, z2, where), logit_map=logit_map, temperature=temperature,
-                eps=eps, reduction=reduction, chunk_size=chunk_size)
+                eps=eps, reduction=reduction, chunk_size=chunk_size, group=group, kernel=kernel,
+                check_finite=check_finite)
 
 
 def sup_con(
@@ -143,7 +224,10 @@ def sup_con(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    group: Any = None,
+    kernel: str = "auto",
+    check_finite: bool = False,
 ) -> Tensor:
     """Supervised contrastive loss (SupCon, "outside" average): ``features`` ``(N, D)`` or
     ``(N, V, D)`` (views flattened view-major); candidates are all other rows, positives the
@@ -153,7 +237,9 @@ def sup_con(
 
     ``reduction="none"`` gives ``(N,)`` or ``(N, V)``."""
     return _run("sup_con", (features, labels, where), logit_map=logit_map,
-                temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size)
+                temperature=temperature, eps=eps, reduction=reduction, chunk_size=chunk_size,
+                group=group, kernel=kernel,
+                check_finite=check_finite)
 
 
 def loss_from_similarity(
@@ -166,7 +252,9 @@ def loss_from_similarity(
     temperature: float | None = None,
     eps: float = DEFAULT_EPS,
     reduction: str = "mean",
-    chunk_size: int | str | None = None,
+    chunk_size: int | str | None = "auto",
+    kernel: str = "auto",
+    check_finite: bool = False,
 ) -> Tensor:
     """The loss on a precomputed similarity matrix ``S`` ``(N, M)`` (rows are anchors);
     ``valid_mask`` (default: all) gives the candidates, ``positive_mask`` the positives::
@@ -177,7 +265,8 @@ def loss_from_similarity(
     check reads the masks on the host; it is skipped under ``torch.compile`` and ``vmap``)."""
     return _run("similarity", (similarity, positive_mask, valid_mask, where),
                 logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction,
-                chunk_size=chunk_size)
+                chunk_size=chunk_size, kernel=kernel,
+                check_finite=check_finite)
 
 
 for _f in (info_nce, nt_xent, sup_con, loss_from_similarity):

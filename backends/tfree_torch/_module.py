@@ -7,6 +7,7 @@ from torch import nn
 
 from tfree_core import DEFAULT_EPS
 from tfree_core._options import check_chunk_size
+from tfree_core._validation import check_flag
 
 from ._api import info_nce, loss_from_similarity, nt_xent, sup_con
 from ._static import options_for
@@ -36,7 +37,7 @@ class TemperatureFreeLoss(nn.Module):
             * ``"similarity"``: ``loss(similarity, positive_mask, *, valid_mask=None,
               where=None)``.
         symmetric: ``½(L_q→k + L_k→q)`` (``"info_nce"`` only).
-        logit_map, temperature, eps, reduction, chunk_size: as in
+        logit_map, temperature, eps, reduction, chunk_size, check_finite: as in
             :func:`tfree_torch.info_nce`.
 
     The module has no parameters or buffers; it validates its options when built.
@@ -51,9 +52,11 @@ class TemperatureFreeLoss(nn.Module):
         temperature: float | None = None,
         eps: float = DEFAULT_EPS,
         reduction: str = "mean",
-        chunk_size: int | str | None = None,
+        chunk_size: int | str | None = "auto",
+        check_finite: bool = False,
     ) -> None:
         super().__init__()
+        check_flag("check_finite", check_finite)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
         if not isinstance(symmetric, bool):
@@ -68,7 +71,8 @@ class TemperatureFreeLoss(nn.Module):
         self.eps = options.eps
         self.reduction = options.reduction
         self.chunk_size = check_chunk_size(chunk_size)
-        if layout == "similarity" and self.chunk_size is not None:
+        self.check_finite = bool(check_finite)
+        if layout == "similarity" and self.chunk_size not in (None, "auto"):
             raise ValueError("chunk_size does not apply to layout='similarity' (the matrix is "
                              f"an input); got chunk_size={chunk_size!r}")
 
@@ -79,6 +83,7 @@ class TemperatureFreeLoss(nn.Module):
             "eps": self.eps,
             "reduction": self.reduction,
             "chunk_size": self.chunk_size,
+            "check_finite": self.check_finite,
         }
 
     def forward(
@@ -126,6 +131,8 @@ class TemperatureFreeLoss(nn.Module):
             parts.append(f"temperature={self.temperature!r}")
         parts.append(f"eps={self.eps!r}")
         parts.append(f"reduction={self.reduction!r}")
-        if self.chunk_size is not None:
+        if self.chunk_size != "auto":  # the default
             parts.append(f"chunk_size={self.chunk_size!r}")
+        if self.check_finite:
+            parts.append("check_finite=True")
         return ", ".join(parts)

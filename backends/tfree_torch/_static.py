@@ -12,7 +12,7 @@ a graph break). So:
 * while compiling, the ``Problem`` comes from :func:`torch.compiler.assume_constant_result`
   over a description of the inputs (rank, dtype, device; sizes ``None``, which the core's
   checks treat as unknown), so Dynamo runs the core's validation at trace time and bakes
-  the result into the graph; the sizes are then checked by :func:`_check_sizes` in the
+  the result into the graph; the sizes are then checked by :func:`_size_problem` in the
   traced code, where they may be symbolic (dynamic shapes).
 """
 
@@ -29,7 +29,16 @@ from tfree_core._options import Options, clip_bound
 
 from ._namespace import xp
 
-__all__ = ["BoundOptions", "options_for", "problem_for"]
+__all__ = ["BoundOptions", "assume_constant_result", "options_for", "problem_for"]
+
+
+def assume_constant_result(fn: Any) -> Any:
+    """:func:`torch.compiler.assume_constant_result`, whose effect is this mark, without
+    importing ``torch._dynamo`` when ``tfree_torch`` is imported. That import takes seconds
+    and pulls in Triton where it is installed, whose LLVM aborts a process that loaded
+    TensorFlow's first; Dynamo is imported by ``torch.compile`` itself when it is used."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +134,7 @@ def _decode(value: Any) -> Any:
     return value
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _constant_problem(
     layout: str,
     symmetric: bool,
@@ -136,7 +145,12 @@ def _constant_problem(
     """The ``Problem`` as nested tuples of constants (Dynamo bakes constants into the graph;
     a dataclass it did not build itself would need guards it cannot make)."""
     options = tuple(_decode(v) for v in options)
-    problem = _problem_from_specs(layout, symmetric, options, _decode(chunk_size), specs)
+    try:
+        problem = _problem_from_specs(layout, symmetric, options, _decode(chunk_size), specs)
+    except (TypeError, ValueError) as err:
+        # Returned, not raised: Dynamo reports an exception raised in here as its own
+        # InternalTorchDynamoError, so the caller raises it in the traced code instead.
+        return (("error", (type(err).__name__, str(err))),)
     return tuple(
         (name, _fields(value) if name == "options" else value)
         for name, value in _fields(problem)
@@ -150,7 +164,7 @@ def _rebuild(flat: tuple[tuple[str, Any], ...]) -> engine.Problem:
 
 
 def _spec_shape(layout: str, index: int, t: torch.Tensor) -> tuple[int | None, ...]:
-    """Sizes are left unknown (``None``: they may be symbolic, and :func:`_check_sizes`
+    """Sizes are left unknown (``None``: they may be symbolic, and :func:`_size_problem`
     checks them in the graph), except SupCon's number of views, which is static."""
     if layout == "sup_con" and index == 0 and t.ndim == 3:
         return (None, int(t.shape[1]), None)
@@ -161,43 +175,46 @@ def _size_error(name: str, t: torch.Tensor, expected: str) -> ValueError:
     return ValueError(f"{name} must have shape {expected}; got shape {tuple(t.shape)}")
 
 
-def _check_sizes(layout: str, arrays: tuple[torch.Tensor | None, ...]) -> None:
+def _size_problem(layout: str, arrays: tuple[torch.Tensor | None, ...]) -> ValueError | None:
     """The size checks of ``engine.prepare`` (run there with the sizes unknown), written as
-    plain conditions that Dynamo turns into guards, also for symbolic sizes."""
+    plain conditions that Dynamo turns into guards, also for symbolic sizes. Returns the
+    error for symbolic sizes (:func:`_raise_core_error` gives the core's own when the
+    sizes are static), or ``None``."""
     first = arrays[0]
     assert first is not None
     n = first.shape[0]
     for axis in range(first.ndim):
         if first.shape[axis] == 0:
-            raise ValueError(f"{layout}: the first input must not be empty; got shape "
-                             f"{tuple(first.shape)}")
+            return ValueError(f"{layout}: the first input must not be empty; got shape "
+                              f"{tuple(first.shape)}")
     names = _INPUT_NAMES[layout]
     if layout in ("pairs", "negatives", "nt_xent"):
         second = arrays[1]
         assert second is not None
         if second.shape[0] != n or second.shape[1] != first.shape[1]:
-            raise _size_error(names[1], second, f"{tuple(first.shape)} like {names[0]}")
+            return _size_error(names[1], second, f"{tuple(first.shape)} like {names[0]}")
     if layout == "negatives":
         negatives = arrays[2]
         assert negatives is not None
         if negatives.shape[-1] != first.shape[1] or negatives.shape[-2] == 0:
-            raise _size_error("negatives", negatives, "(M, D) or (N, M, D) with query's D")
+            return _size_error("negatives", negatives, "(M, D) or (N, M, D) with query's D")
         if negatives.ndim == 3 and negatives.shape[0] != n:
-            raise _size_error("negatives", negatives, "(N, M, D) with query's N")
+            return _size_error("negatives", negatives, "(N, M, D) with query's N")
     if layout in ("pairs", "sup_con") and arrays[-2] is not None:
         labels = arrays[-2]
         assert labels is not None
         if labels.shape[0] != n:
-            raise _size_error("labels", labels, f"(N,) with N = {n}")
+            return _size_error("labels", labels, f"(N,) with N = {n}")
     if layout == "similarity":
         for name, mask in (("positive_mask", arrays[1]), ("valid_mask", arrays[2])):
             if mask is not None and (
                 mask.shape[0] != n or mask.shape[1] != first.shape[1]
             ):
-                raise _size_error(name, mask, f"{tuple(first.shape)} like similarity")
+                return _size_error(name, mask, f"{tuple(first.shape)} like similarity")
     where = arrays[-1]
     if where is not None and where.shape[0] != n:
-        raise _size_error("where", where, f"(N,) with N = {n}")
+        return _size_error("where", where, f"(N,) with N = {n}")
+    return None
 
 
 _INPUT_NAMES: dict[str, tuple[str, ...]] = {
@@ -207,6 +224,33 @@ _INPUT_NAMES: dict[str, tuple[str, ...]] = {
     "sup_con": ("features",),
     "similarity": ("similarity",),
 }
+_ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
+
+
+def _raise_core_error(
+    args: tuple[Any, ...],
+    arrays: tuple[torch.Tensor | None, ...],
+    flat: tuple[tuple[str, Any], ...],
+    size_error: ValueError | None,
+) -> None:
+    """Validation failed while compiling: validate again with the sizes and raise the
+    core's own error, so that ``torch.compile`` reports the eager type and message
+    (:func:`_size_problem`'s error only if the core finds none)."""
+    # int(f"{d}"): a symbolic size read as a constant. Dynamo formats the size it traces
+    # with (specialising on it; the call is about to fail anyway), where int(d) would stay
+    # symbolic and could not be handed to an assume_constant_result function.
+    specs = tuple(
+        None if a is None else (tuple(int(f"{d}") for d in a.shape), a.dtype, a.device)
+        for a in arrays
+    )
+    sized = _constant_problem(*args, specs)
+    if sized[0][0] == "error":
+        flat = sized
+    if flat[0][0] == "error":
+        kind, message = flat[0][1]
+        raise _ERRORS[kind](message)
+    assert size_error is not None
+    raise size_error
 
 
 def problem_for(
@@ -219,21 +263,24 @@ def problem_for(
     eps: float,
     reduction: str,
     chunk_size: int | str | None = None,
+    world_size: int = 1,
 ) -> engine.Problem:
     """Validate a call (``ValueError`` / ``TypeError`` as the core raises them) and return
-    its static ``Problem``."""
+    its static ``Problem`` (``world_size``: of a sharded call, which runs eagerly only)."""
     if torch.compiler.is_compiling():
         specs = tuple(
             None if a is None else (_spec_shape(layout, i, a), a.dtype, a.device)
             for i, a in enumerate(arrays)
         )
         options = (logit_map, temperature, eps, reduction)
-        problem = _rebuild(
-            _constant_problem(layout, symmetric, tuple(_encode(v) for v in options),
-                              _encode_int(chunk_size), specs)
-        )
-        _check_sizes(layout, arrays)
-        return problem
+        args = (layout, symmetric, tuple(_encode(v) for v in options), _encode_int(chunk_size))
+        flat = _constant_problem(*args, specs)
+        if flat[0][0] == "error":  # ranks, dtypes, options: before reading any size
+            _raise_core_error(args, arrays, flat, None)
+        size_error = _size_problem(layout, arrays)
+        if size_error is not None:
+            _raise_core_error(args, arrays, flat, size_error)
+        return _rebuild(flat)
     options = options_for(logit_map, temperature, eps, reduction)
     return engine.prepare(layout, arrays, options=options, symmetric=symmetric,
-                          chunk_size=chunk_size, xp=xp)
+                          chunk_size=chunk_size, world_size=world_size, xp=xp)

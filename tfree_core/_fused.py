@@ -1,0 +1,119 @@
+"""Fused evaluation: the loss and its analytic gradient from a backend's tile kernels.
+
+The temperature-free map makes the softmax numerators rational and bounded (``_maps``):
+``R_ij = (1+c)/(1-c)`` with ``c = clip(S_ij, -b, b)``, so every ratio lies in
+``[ε/2, 2/ε]`` and partition sums need no running maximum. A kernel can therefore stream
+tiles of ``S = U_a·U_cᵀ`` once, keep them in registers and write only per-row and
+per-column sums: no ``N × M`` array ever reaches memory (extra memory ``O(N + M)``).
+
+This module is the framework-free half of that path. It normalises, finishes the per-anchor
+losses from the sums, reduces, and assembles the embedding gradients exactly as the tiled
+path (``_tiled``) does; the matrix work is delegated to a backend's :class:`TileKernel`
+(Triton for PyTorch, Pallas for JAX), which needs two operations, both over the candidate
+set ``keep_ij`` given by a :class:`~tfree_core._blocks.Tiling` (no self-pair when
+``diagonal``, no partner ``j = partner_i``, ``where_rows_i`` and ``where_cols_j``):
+
+* ``sums(t, bound, columns)``: ``N_i = Σ_j keep_ij·R_ij`` and, when ``columns``,
+  ``N_j = Σ_i keep_ij·R_ij`` (the column direction of a symmetric loss), one pass;
+* ``grads(t, bound, row_scale, col_scale)``: with
+  ``G_ij = (a_i + b_j)·keep_ij·R_ij·φ'(S_ij) = (a_i + b_j)·keep_ij·2/(1-c)²`` (0 where the
+  clip is active) and ``a = row_scale``, ``b = col_scale`` (``None``: 0), the products
+  ``dU_a = G·U_c`` and ``dU_c = Gᵀ·U_a``.
+
+``a_i = A_i/Z_i`` and ``b_j`` are the kernel's per-anchor factors (``single_scales``), so
+``G`` is SPEC §2's ``∂L/∂S`` on the candidates; the positives' terms ``g_p`` and the
+normalisation's VJP are added here, as in the untiled path.
+
+Scope: the arctanh map on the single-positive layouts with a shared candidate set: pairs
+(with or without ``symmetric`` and ``where``), NT-Xent, and explicit negatives shared by
+all rows ``(M, D)``. :func:`unsupported` names what is outside it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ._blocks import Tiling
+from ._kernel import single_finish, single_scales
+from ._layouts import Problem, Residuals, _store, combine_directions, load_directions
+from ._maps import make_map
+from ._namespace import Array, Namespace, cast_like
+from ._reduce import reduce
+from ._tiled import _embedding_gradients, _setup, _tiling
+from ._tiled import residual_keys as _tiled_residual_keys
+
+__all__ = ["TileKernel", "backward", "forward", "residual_keys", "unsupported"]
+
+
+class TileKernel(Protocol):
+    """A backend's fused tile kernels (see the module docstring for the formulas)."""
+
+    def sums(self, t: Tiling, bound: float, columns: bool) -> tuple[Array, Array | None]:
+        """``(N_i, N_j or None)``: row (and column) sums of the kept ratios."""
+        ...
+
+    def grads(
+        self, t: Tiling, bound: float, row_scale: Array, col_scale: Array | None
+    ) -> tuple[Array, Array]:
+        """``(G·U_c, Gᵀ·U_a)`` with ``G_ij = (a_i + b_j)·keep_ij·2/(1-c_ij)²`` inside the clip."""
+        ...
+
+
+def unsupported(problem: Problem, arrays: tuple[Array | None, ...]) -> str | None:
+    """Why the fused kernels cannot evaluate ``problem`` (the option to change), or ``None``."""
+    if problem.options.logit_map != "arctanh":
+        return (f"logit_map={problem.options.logit_map!r} (the fused kernels implement the "
+                "temperature-free map only: its bounded ratios need no running maximum)")
+    if problem.layout == "similarity":
+        return "loss_from_similarity (the similarity matrix is an input: nothing to fuse)"
+    if problem.layout == "sup_con":
+        return "sup_con (several positives per anchor; the fused kernels take one)"
+    if problem.layout == "pairs" and problem.masked:
+        return "labels (several positives per anchor; the fused kernels take one)"
+    if problem.layout == "negatives" and len(arrays[2].shape) == 3:
+        return ("per-row negatives of shape (N, M, D) (the fused kernels take negatives "
+                "shared by all rows, (M, D))")
+    return None
+
+
+def residual_keys(problem: Problem) -> tuple[str, ...]:
+    """The tiled path's residuals: normalised embeddings, norms, masks' vectors, stats."""
+    return _tiled_residual_keys(problem)
+
+
+def forward(
+    problem: Problem, arrays: tuple, xp: Namespace, kernel: TileKernel
+) -> tuple[Array, Residuals]:
+    """The loss (compute dtype) and the residuals, with the matrix work in ``kernel.sums``."""
+    res, single = _setup(problem, arrays, xp)
+    assert single is not None, "fused: single-positive layouts only (see unsupported())"
+    t = _tiling(problem, res, xp)
+    fmap = make_map(problem.options, problem.float64)
+    rows, cols = kernel.sums(t, fmap.bound, problem.symmetric)
+    s_positive, has = single
+    sums = [rows] if cols is None else [rows, cols]
+    reduction = problem.options.reduction
+    losses = []
+    for axis, negatives in zip(problem.axes, sums, strict=True):
+        # pairs: column j's positive is key j's own pair, the same s_jj and where_j
+        loss, stats = single_finish(negatives, s_positive, has, None, fmap, xp)
+        losses.append(reduce(loss, xp.astype(has, loss.dtype), reduction, xp))
+        _store(res, axis, stats)
+    loss = combine_directions(problem, losses, arrays[0].shape[0], xp)
+    return loss, {key: res.get(key) for key in residual_keys(problem)}
+
+
+def backward(
+    problem: Problem, res: Residuals, cotangent: Array, xp: Namespace, kernel: TileKernel
+) -> tuple[Array, ...]:
+    """Gradients of ``Σ cotangent · loss`` (SPEC §2), each cast to its input's dtype."""
+    t = _tiling(problem, res, xp)
+    fmap = make_map(problem.options, problem.float64)
+    directions = load_directions(problem, res, cotangent, t.anchors.dtype, xp)
+    scales, positive_grads = single_scales(directions, fmap, xp)
+    col_scale = scales[1][1] if problem.symmetric else None
+    du_a, du_c = kernel.grads(t, fmap.bound, scales[0][1], col_scale)
+    g_positive = positive_grads[0] if len(positive_grads) == 1 else (
+        positive_grads[0] + positive_grads[1])
+    grads = _embedding_gradients(problem, res, du_a, du_c, g_positive, xp)
+    return tuple(cast_like(g, dt, xp) for g, dt in zip(grads, problem.dtypes, strict=True))
