@@ -1,6 +1,11 @@
 """``python -m conformance``: check every installed backend against the golden vectors.
 
-Each backend runs in its own process (frameworks clash in one). Prints a matrix
+Each backend runs in its own process (frameworks clash in one). Modes: ``eager``,
+``compiled`` (the framework's compiler), ``tiled`` (every case with a small ``chunk_size``
+that does not divide its anchor rows; the similarity layout is never tiled) and
+``tiled-compiled`` (tiled under the compiler, the backend's native block loop) and
+``fused`` (``kernel="fused"``: the GPU kernels, in their CPU interpreter without a GPU, on
+the cases they support). Prints a matrix
 (backend × device × mode → per input dtype: passed/failed/skipped and the worst error
 relative to its tolerance), the details of every failure, and exits non-zero on any.
 """
@@ -45,17 +50,44 @@ def _progress(backend: str, done: int, total: int, failed: int, stream) -> None:
 
 
 def run_backend(backend: str, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """Run one backend's worker; stream its JSON lines, showing progress."""
+    """Run one backend's worker(s); stream their JSON lines, showing progress.
+
+    PyTorch's ``fused`` rows on the CPU get a worker of their own with
+    ``TRITON_INTERPRET=1``: Triton chooses its CPU interpreter once, when first imported.
+    """
     cap = CAPABILITIES.get(backend) or Capability(backend, "", DTYPES, ("eager", "compiled"),
                                                    ("cpu", "cuda"))
+    modes = [m for m in args.mode if m in cap.modes]
+    devices = [d for d in args.device if d in cap.devices]
+    jobs: list[tuple[list[str], list[str], dict[str, str]]] = [(modes, devices, {})]
+    if backend == "torch" and "fused" in modes and "cpu" in devices:
+        rest = [m for m in modes if m != "fused"]
+        jobs = [(rest, devices, {})] if rest else []
+        jobs.append((["fused"], ["cpu"], {"TRITON_INTERPRET": "1"}))
+        if "cuda" in devices:
+            jobs.append((["fused"], ["cuda"], {}))
+    rows: list[dict] = []
+    meta: dict[str, Any] = {"seconds": 0.0, "absent": []}
+    for job_modes, job_devices, extra_env in jobs:
+        job_rows, job_meta = _run_worker(backend, args, cap, job_modes, job_devices, extra_env)
+        rows += job_rows
+        meta["seconds"] = round(meta["seconds"] + job_meta.pop("seconds"), 1)
+        meta["absent"] = sorted(set(meta["absent"]) | set(job_meta.pop("absent", [])))
+        for key, value in job_meta.items():
+            meta.setdefault(key, value)
+    return rows, meta
+
+
+def _run_worker(backend: str, args: argparse.Namespace, cap: Capability, modes: list[str],
+                devices: list[str], extra_env: dict[str, str]) -> tuple[list[dict], dict]:
     command = [
         sys.executable, "-m", "conformance.worker", "--backend", backend,
         "--dtypes", ",".join(d for d in args.dtype if d in cap.dtypes),
-        "--modes", ",".join(m for m in args.mode if m in cap.modes),
-        "--devices", ",".join(d for d in args.device if d in cap.devices),
+        "--modes", ",".join(modes),
+        "--devices", ",".join(devices),
         "--cases", args.cases,
     ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, **extra_env, PYTHONPATH=os.pathsep.join(
         [str(ROOT), str(ROOT / "backends"), os.environ.get("PYTHONPATH", "")]))
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -110,7 +142,7 @@ def _cell_text(cell: dict[str, Any] | None) -> str:
 
 def print_matrix(cells, metas: dict[str, dict], dtypes: list[str]) -> None:
     print("\nConformance matrix: cases passed (worst error / tolerance; <= 1 passes)\n")
-    header = f"| {'backend':<17} | {'device':<6} | {'mode':<8} | " + " | ".join(
+    header = f"| {'backend':<17} | {'device':<6} | {'mode':<14} | " + " | ".join(
         f"{d:<17}" for d in dtypes) + " |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -118,7 +150,7 @@ def print_matrix(cells, metas: dict[str, dict], dtypes: list[str]) -> None:
     keys = sorted({k[:3] for k in cells}, key=lambda k: (order.get(k[0], 99), k[0], k[1], k[2]))
     for key in keys:
         texts = [_cell_text(cells.get((*key, d))) for d in dtypes]
-        print(f"| {key[0]:<17} | {key[1]:<6} | {key[2]:<8} | "
+        print(f"| {key[0]:<17} | {key[1]:<6} | {key[2]:<14} | "
               + " | ".join(f"{t:<17}" for t in texts) + " |")
     for backend, meta in metas.items():
         if meta.get("absent"):
@@ -165,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="", help="comma-separated; default: all installed")
     parser.add_argument("--device", default="cpu,cuda", help="cpu,cuda (those present run)")
     parser.add_argument("--dtype", default=",".join(DTYPES))
-    parser.add_argument("--mode", default="eager,compiled")
+    parser.add_argument("--mode", default="eager,compiled,tiled,tiled-compiled,fused",
+                        help="eager, compiled, tiled, tiled-compiled, fused (those a backend "
+                        "has run)")
     parser.add_argument("--cases", default="", help="only cases whose id contains one of these")
     parser.add_argument("--adapter", metavar="MODULE:CLASS",
                         help="check an implementation of your own (an Adapter subclass)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.golden import GoldenCase, differentiable_order
+from conformance.golden import GoldenCase, differentiable_order, tiled_kwargs
 
 Result = tuple[np.ndarray, dict[str, np.ndarray]]
 
@@ -65,7 +65,7 @@ class CoreAdapter(Adapter):
         fn = getattr(self.core, f"{case.function}_value_and_grad")
         inputs = {k: xp.asarray(v.astype(dtype)) for k, v in case.inputs.items()}
         kwargs = {k: xp.asarray(v) if isinstance(v, np.ndarray) else v
-                  for k, v in case.kwargs.items()}
+                  for k, v in tiled_kwargs(case, mode).items()}
         cot = None if case.cotangent is None else xp.asarray(case.cotangent.astype(
             "float64" if dtype == "float64" else "float32"))
         loss, grads = fn(**inputs, **kwargs, cotangent=cot)
@@ -104,7 +104,14 @@ class TorchAdapter(Adapter):
         inputs = [torch.tensor(case.inputs[n], device=device).to(tdtype).requires_grad_()
                   for n in names]
         kwargs = {k: torch.as_tensor(v, device=device) if isinstance(v, np.ndarray) else v
-                  for k, v in case.kwargs.items()}
+                  for k, v in tiled_kwargs(case, mode).items()}
+        if mode == "fused":
+            from tfree_torch import _triton
+
+            if device == "cpu" and not _triton.interpreting():
+                raise Unsupported("fused on cpu runs in Triton's interpreter: TRITON_INTERPRET=1 "
+                                  "before import (the runner sets it for the fused mode)")
+            kwargs["kernel"] = "fused"
         compute = torch.float64 if dtype == "float64" else torch.float32
         cot = None if case.cotangent is None else torch.tensor(
             case.cotangent, device=device, dtype=compute)
@@ -164,7 +171,9 @@ class JaxAdapter(Adapter):
         put = lambda a: jax.device_put(a, target)  # noqa: E731
         inputs = [put(jnp.asarray(case.inputs[n]).astype(getattr(jnp, dtype))) for n in names]
         kwargs = {k: put(jnp.asarray(v)) if isinstance(v, np.ndarray) else v
-                  for k, v in case.kwargs.items()}
+                  for k, v in tiled_kwargs(case, mode).items()}
+        if mode == "fused":  # Pallas; on a CPU in its interpreter (interpret=True)
+            kwargs["kernel"] = "fused"
         compute = jnp.float64 if dtype == "float64" else jnp.float32
         cot = None if case.cotangent is None else put(jnp.asarray(case.cotangent, compute))
         arrays = {k: v for k, v in kwargs.items() if not isinstance(v, (str, float, int, bool))
@@ -178,7 +187,7 @@ class JaxAdapter(Adapter):
             loss, vjp = jax.vjp(f, *xs)
             return loss, vjp(jnp.ones_like(loss) if cot is None else cot)
 
-        if mode == "compiled":
+        if mode in ("compiled", "tiled-compiled"):
             value_and_grad = jax.jit(value_and_grad)
         loss, grads = value_and_grad(inputs, arrays)
         return _f64(loss), {n: _f64(g.astype(jnp.float64)) for n, g in
@@ -213,7 +222,7 @@ class TensorFlowAdapter(Adapter):
         with tf.device("/GPU:0" if device == "cuda" else "/CPU:0"):
             inputs = [tf.cast(tf.constant(case.inputs[n]), getattr(tf, dtype)) for n in names]
             kwargs = {k: tf.constant(v) if isinstance(v, np.ndarray) else v
-                      for k, v in case.kwargs.items()}
+                      for k, v in tiled_kwargs(case, mode).items()}
             compute = tf.float64 if dtype == "float64" else tf.float32
             cot = None if case.cotangent is None else tf.constant(case.cotangent, compute)
 
@@ -225,7 +234,7 @@ class TensorFlowAdapter(Adapter):
                     out = loss if cot is None else tf.reduce_sum(loss * cot)
                 return (loss, *tape.gradient(out, list(xs)))
 
-            if mode == "compiled":
+            if mode in ("compiled", "tiled-compiled"):
                 value_and_grad = tf.function(value_and_grad, jit_compile=True)
             loss, *grads = value_and_grad(*inputs)
         return (_f64(tf.cast(loss, tf.float64).numpy()),

@@ -100,3 +100,62 @@ def compiled_subset(cases: list[GoldenCase]) -> list[GoldenCase]:
         and case.id.startswith(f"{case.layout}-{case.kwargs.get('logit_map')}-")
     ]
     return sorted(chosen, key=lambda c: c.id)
+
+
+TILED_MODES = ("tiled", "tiled-compiled")
+"""Modes that evaluate the cases tiled (``chunk_size=``): ``tiled`` eagerly, every case;
+``tiled-compiled`` under the backend's compiler (its native block loop), the compiled subset."""
+
+TILED_LAYOUTS = frozenset({"pairs", "pairs_symmetric", "pairs_labels", "pairs_labels_symmetric",
+                           "negatives_shared", "negatives_per_row", "nt_xent", "sup_con"})
+"""Every layout but ``similarity``: its matrix is an input, never tiled."""
+
+
+def anchor_rows(case: GoldenCase) -> int:
+    """The rows the tiled evaluation cuts into blocks: ``N`` queries (pairs, negatives),
+    ``2N`` for NT-Xent, ``N·V`` for SupCon with ``V`` views."""
+    if case.layout == "nt_xent":
+        return 2 * case.inputs["z1"].shape[0]
+    if case.layout == "sup_con":
+        return int(np.prod(case.inputs["features"].shape[:-1]))
+    return case.inputs["query"].shape[0]
+
+
+def tiled_chunk_size(case: GoldenCase) -> int:
+    """A small ``chunk_size`` that does not divide the anchor rows ``n`` (so the last block
+    is padded with dead rows): the first ``c >= max(2, n // 3)``, ``c < n``, with
+    ``n mod c != 0``; 1 where none exists (``n <= 2``)."""
+    n = anchor_rows(case)
+    return next((c for c in range(max(2, n // 3), n) if n % c), 1)
+
+
+def tiled_kwargs(case: GoldenCase, mode: str) -> dict[str, Any]:
+    """The case's keywords, with ``chunk_size`` added in the tiled modes."""
+    if mode not in TILED_MODES:
+        return case.kwargs
+    return {**case.kwargs, "chunk_size": tiled_chunk_size(case)}
+
+
+FUSED_LAYOUTS = frozenset({"pairs", "pairs_symmetric", "negatives_shared", "nt_xent"})
+"""The ``fused`` mode (``kernel="fused"``: Triton / Pallas, in their CPU interpreters
+without a GPU) runs the cases these kernels support: the arctanh map on these layouts."""
+
+
+def fused_case(case: GoldenCase) -> bool:
+    """Whether the fused kernels support ``case`` (the other cases fall back to the core)."""
+    return case.layout in FUSED_LAYOUTS and case.kwargs.get("logit_map") == "arctanh"
+
+
+def planned(case: GoldenCase, mode: str, dtype: str, subset: set[str]) -> bool:
+    """Whether ``case`` runs in ``mode`` and input ``dtype``: eager and tiled modes run every
+    case (tiled: every layout but similarity); compiled modes the subset in
+    ``COMPILED_DTYPES``."""
+    if dtype not in case.dtypes:
+        return False
+    if mode in TILED_MODES and case.layout not in TILED_LAYOUTS:
+        return False
+    if mode == "fused" and not fused_case(case):
+        return False
+    if mode.endswith("compiled"):
+        return dtype in COMPILED_DTYPES and case.id in subset
+    return True

@@ -12,7 +12,7 @@ import numpy as np
 
 from conformance.adapters import Unsupported, make_adapter
 from conformance.capabilities import CAPABILITIES, capability_of
-from conformance.golden import COMPILED_DTYPES, compiled_subset, load_cases
+from conformance.golden import compiled_subset, load_cases, planned
 from conformance.tolerances import compare
 
 
@@ -57,11 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             for dtype in args.dtypes.split(","):
                 if dtype not in cap.dtypes or mode not in cap.modes:
                     continue
-                if mode == "compiled" and dtype not in COMPILED_DTYPES:
-                    continue
-                for case in cases:
-                    if dtype in case.dtypes and (mode == "eager" or case.id in subset):
-                        plan.append((device, mode, dtype, case))
+                plan += [(device, mode, dtype, case) for case in cases
+                         if planned(case, mode, dtype, subset)]
     print(json.dumps({"planned": len(plan), "devices": present, "absent": absent}), flush=True)
     for device, mode, dtype, case in plan:
         row = {"backend": adapter.name or args.backend, "device": device, "mode": mode,
