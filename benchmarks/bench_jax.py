@@ -179,6 +179,69 @@ def _data(n: int, d: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(q), jnp.asarray(k)
 
 
+def variants(n: int, d: int, *, chunk: int | str = 256, peer_max_gib: float = 0.5,
+             seed: int = 0, peers: bool = True) -> list:
+    """The candidates of ``python -m benchmarks`` for JAX (float32, CPU device): tfree
+    eager (``jax.value_and_grad``, the core itself jitted) / under ``jax.jit`` / tiled
+    (``jax.jit``, ``lax.scan`` over the blocks), autodiff of the plain formula eager / under
+    ``jax.jit``, three GEMMs (jitted), and ``optax.losses.ntxent`` (τ = 0.5) against
+    ``tfree_jax.nt_xent`` on the NT-Xent layout (``N`` rows) where optax's ``N×N×D``
+    temporaries take at most ``peer_max_gib``. Jitted steps are compiled ahead of time."""
+    from benchmarks._harness import Variant
+
+    q, k = _data(n, d, seed)
+    args = (q, k)
+
+    def eager(fn: Callable) -> Callable:
+        step = jax.value_and_grad(fn, argnums=(0, 1))
+        return lambda: jax.block_until_ready(step(*args))
+
+    def compiled(fn: Callable, *xs) -> Callable:
+        xs = xs or args
+        step = jax.jit(fn).lower(*xs).compile()
+        return lambda: jax.block_until_ready(step(*xs))
+
+    def tiled(a: jax.Array, b: jax.Array) -> jax.Array:
+        return tfree_jax.info_nce(a, b, chunk_size=chunk)
+
+    def untiled(a: jax.Array, b: jax.Array) -> jax.Array:
+        return tfree_jax.info_nce(a, b, chunk_size=None)
+
+    out = [
+        Variant("tfree", lambda: eager(tfree_info_nce)),
+        Variant("tfree compiled", lambda: compiled(jax.value_and_grad(tfree_info_nce,
+                                                                      argnums=(0, 1)))),
+        Variant("tfree untiled", lambda: compiled(jax.value_and_grad(untiled,
+                                                                     argnums=(0, 1)))),
+        Variant(f"tfree tiled ({chunk})", lambda: compiled(jax.value_and_grad(tiled,
+                                                                              argnums=(0, 1)))),
+        Variant("autodiff eager", lambda: eager(plain_info_nce)),
+        Variant("autodiff compiled", lambda: compiled(jax.value_and_grad(plain_info_nce,
+                                                                         argnums=(0, 1)))),
+        Variant("3 GEMMs", lambda: compiled(gemm_floor)),
+    ]
+    if not peers:
+        return out
+    half = n // 2
+    z1, z2 = q[:half], k[:half]
+    labels = jnp.concatenate([jnp.arange(half)] * 2)
+    ours = jax.value_and_grad(lambda a, b, _: tfree_jax.nt_xent(a, b), argnums=(0, 1))
+    theirs = jax.value_and_grad(
+        lambda a, b, lab: optax.losses.ntxent(jnp.concatenate([a, b]), lab, 0.5),
+        argnums=(0, 1))
+    need = _temp_bytes(jax.jit(theirs), z1, z2, labels) / 2**30
+    note = "NT-Xent layout, N rows"
+    out.append(Variant("tfree nt_xent compiled", lambda: compiled(ours, z1, z2, labels),
+                       layout="nt_xent", note=note))
+    if need <= peer_max_gib:
+        out.append(Variant("optax ntxent compiled", lambda: compiled(theirs, z1, z2, labels),
+                           baseline="tfree nt_xent compiled", layout="nt_xent", note=note))
+    else:
+        out.append(Variant("optax ntxent compiled", None, baseline="tfree nt_xent compiled",
+                           layout="nt_xent", skip=f"needs {need:.3g} GiB (N×N×D)", note=note))
+    return out
+
+
 def bench_pairs(sizes, repeats: int, prototype: bool) -> list[str]:
     head = "| N | D | tfree_jax (ms) | plain autodiff (ms) | **speed-up** | 3-GEMM floor (ms) |"
     head += " tfree_jax / floor | plain / floor |"

@@ -89,6 +89,49 @@ def _run(step: Step, q: tf.Tensor, k: tf.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def variants(n: int, d: int, *, chunk: int | str = 256, peer_max_gib: float = 0.0,
+             seed: int = 0, peers: bool = True) -> list:
+    """The candidates of ``python -m benchmarks`` for TensorFlow (float32, CPU): tfree eager
+    (``GradientTape``, the core's forward and backward XLA-compiled inside) / in
+    ``tf.function(jit_compile=True)`` / tiled (eager: a Python loop over the blocks), autodiff
+    of the plain formula eager / in ``tf.function(jit_compile=True)``, three GEMMs in a
+    ``tf.function``. No peer library: TensorFlow has no NT-Xent loss of its own."""
+    from benchmarks._harness import Variant
+
+    del peer_max_gib, peers
+    rng = np.random.default_rng(seed * 7919 + n * 1000 + d)
+    q = tf.constant(rng.normal(size=(n, d)), tf.float32)
+    k = tf.constant(rng.normal(size=(n, d)), tf.float32)
+
+    def eager(loss_fn: Callable[..., tf.Tensor]) -> Callable[[], float]:
+        def step(a: tf.Tensor, b: tf.Tensor):
+            with tf.GradientTape() as tape:
+                tape.watch([a, b])
+                loss = loss_fn(a, b)
+            return loss, tape.gradient(loss, [a, b])
+
+        return lambda: _run(step, q, k)
+
+    def bind(step: Step) -> Callable[[], float]:
+        return lambda: _run(step, q, k)
+
+    def tiled(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tfree_tf.info_nce(a, b, chunk_size=chunk)
+
+    def untiled(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tfree_tf.info_nce(a, b, chunk_size=None)
+
+    return [
+        Variant("tfree", lambda: eager(tfree_loss)),
+        Variant("tfree compiled", lambda: bind(_value_and_grad(tfree_loss, True))),
+        Variant("tfree untiled", lambda: eager(untiled)),
+        Variant(f"tfree tiled ({chunk})", lambda: eager(tiled)),
+        Variant("autodiff eager", lambda: eager(plain_loss)),
+        Variant("autodiff compiled", lambda: bind(_value_and_grad(plain_loss, True))),
+        Variant("3 GEMMs", lambda: bind(_gemm_floor(n))),
+    ]
+
+
 def bench(n: int, d: int, repeats: int, warmup: int) -> dict[str, float]:
     rng = np.random.default_rng(n * 1000 + d)
     q = tf.constant(rng.normal(size=(n, d)), tf.float32)

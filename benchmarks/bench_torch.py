@@ -37,6 +37,7 @@ is faster).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 import warnings
@@ -103,6 +104,49 @@ def _gemm_floor(q: torch.Tensor, k: torch.Tensor) -> Callable[..., None]:
         g.T @ a
 
     return run
+
+
+def variants(n: int, d: int, *, chunk: int | str = 256, peer_max_gib: float = PML_MAX_GIB,
+             seed: int = 0, peers: bool = True) -> list:
+    """The candidates of ``python -m benchmarks`` for torch (pairs layout, float32, CPU):
+    tfree eager / ``torch.compile`` / tiled, autodiff of the plain formula eager / compiled,
+    three GEMMs, and PML's ``NTXentLoss`` on the exact pairs layout where its
+    (positive pairs × negative pairs) matrix takes at most ``peer_max_gib``."""
+    from benchmarks._harness import Variant
+
+    gen = torch.Generator().manual_seed(seed * 7919 + n * 1000 + d)
+    q = torch.randn(n, d, generator=gen).requires_grad_()
+    k = torch.randn(n, d, generator=gen).requires_grad_()
+
+    def bind(run: Callable[..., None]):
+        return lambda: run(q, k)
+
+    def tiled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return tfree_torch.info_nce(a, b, chunk_size=chunk)
+
+    def untiled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return tfree_torch.info_nce(a, b, chunk_size=None)
+
+    out = [
+        Variant("tfree", lambda: bind(_loss_and_backward(tfree_torch.info_nce))),
+        Variant("tfree untiled", lambda: bind(_loss_and_backward(untiled))),
+        Variant("tfree compiled", lambda: bind(_loss_and_backward(
+            torch.compile(tfree_torch.info_nce, fullgraph=True)))),
+        Variant(f"tfree tiled ({chunk})", lambda: bind(_loss_and_backward(tiled))),
+        Variant("autodiff eager", lambda: bind(_loss_and_backward(plain_loss))),
+        Variant("autodiff compiled", lambda: bind(_loss_and_backward(torch.compile(plain_loss)))),
+        Variant("3 GEMMs", lambda: bind(_gemm_floor(q, k))),
+    ]
+    if not peers:
+        return out
+    need = _pml_gib(n, 1, n - 1)
+    if importlib.util.find_spec("pytorch_metric_learning") is None:
+        out.append(Variant("PML NTXentLoss", None, skip="not installed"))
+    elif need <= peer_max_gib:
+        out.append(Variant("PML NTXentLoss", lambda: bind(_pml_runner(n))))
+    else:
+        out.append(Variant("PML NTXentLoss", None, skip=f"needs {need:.3g} GiB (O(N³))"))
+    return out
 
 
 def bench(n: int, d: int, repeats: int, warmup: int) -> dict[str, float]:
