@@ -98,6 +98,15 @@ _loss.defvjp(_fwd, _bwd)
 
 
 def world_size(group: Any) -> int:
+    """The size of the mapped axis ``group``, or 1 where it is not one (unhashable, or not
+    bound): :func:`distributed_loss` then raises, after the inputs have been validated."""
+    try:
+        return _axis_size(group)
+    except (TypeError, NameError):
+        return 1
+
+
+def _axis_size(group: Any) -> int:
     """The size of the mapped axis ``group`` (an axis name bound by an enclosing
     ``shard_map`` / ``pmap``; a ``NameError`` from JAX otherwise)."""
     try:
@@ -113,6 +122,6 @@ def world_size(group: Any) -> int:
 def distributed_loss(problem: engine.Problem, arrays: tuple[Array | None, ...],
                      group: Any) -> Array:
     """The loss of ``problem`` sharded over the mapped axis ``group`` (see
-    :func:`world_size`)."""
-    engine.check_sharded(problem, world_size(group))
+    :func:`_axis_size`)."""
+    engine.check_sharded(problem, _axis_size(group))
     return _loss(problem, group, *arrays)

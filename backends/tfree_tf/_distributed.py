@@ -71,8 +71,12 @@ def _context(group: Any) -> tf.distribute.ReplicaContext:
 
 
 def world_size(group: Any) -> int:
-    """The number of replicas of ``group`` (checked as :func:`distributed_loss` does)."""
-    return int(_context(group).num_replicas_in_sync)
+    """The number of replicas of ``group``, or 1 where it names no replica context:
+    :func:`distributed_loss` then raises, after the inputs have been validated."""
+    try:
+        return int(_context(group).num_replicas_in_sync)
+    except (TypeError, ValueError):
+        return 1
 
 
 @tf.autograph.experimental.do_not_convert

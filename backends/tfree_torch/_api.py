@@ -12,7 +12,7 @@ from tfree_core import _validation as check
 from tfree_core import logits as _core_logits
 from tfree_core._layouts import ARRAY_NAMES
 
-from ._distributed import apply_distributed, check_group, world_size
+from ._distributed import apply_distributed, world_size
 from ._function import apply
 from ._namespace import xp
 from ._static import assume_constant_result, problem_for
@@ -119,8 +119,6 @@ def _run(
         raise TypeError(message)
     check.check_flag("check_finite", check_finite)
     check_kernel(kernel)
-    if group is not None:
-        check_group(group)
     problem = problem_for(layout, arrays, symmetric=symmetric, logit_map=logit_map,
                           temperature=temperature, eps=eps, reduction=reduction,
                           chunk_size=chunk_size,

@@ -82,8 +82,11 @@ class TorchCollectives:
 
 
 def world_size(group: Any) -> int:
-    """The number of ranks of a checked ``group``."""
-    return int(dist.get_world_size(group))
+    """The number of ranks of ``group``; 1 for anything that is not a usable process group
+    (:func:`check_group` then raises, after the inputs have been validated)."""
+    usable = (dist.is_available() and dist.is_initialized()
+              and isinstance(group, dist.ProcessGroup))
+    return int(dist.get_world_size(group)) if usable else 1
 
 
 def check_group(group: Any) -> None:
