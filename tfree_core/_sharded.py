@@ -49,8 +49,6 @@ from ._kernel import (
     MaskedStats,
     SingleStats,
     masked_gradient,
-    masked_losses,
-    single_losses,
     single_scales,
     single_weights,
 )
@@ -65,10 +63,9 @@ from ._tiled import (
     _embedding_gradients,
     _finish_columns,
     _finite,
-    _masked_columns,
-    _single_columns,
     _take_stats,
     _unblock,
+    block_forward,
     block_size,
     python_loop,
 )
@@ -372,20 +369,9 @@ def forward(
         s, _ = similarity(t, r, xp)
         if n_blocks == 1 and problem.chunk_size is None:
             kept.append(s)  # untiled: the block is the whole local S, kept for the backward
-        if problem.masked:
-            positive, valid = _masks(t, r, live, dead_rows, xp)
-            loss, st = masked_losses(s, positive, valid, fmap, 1, xp)
-            out = (loss, st.negatives, st.positives, st.count)
-            if symmetric:
-                carry = _masked_columns(fmap, carry, s, positive, valid, xp)
-        else:
-            keep = _keep(t, r, live, dead_rows, xp)
-            s_pos, has = (xp.take(v, r, axis=0) for v in single)
-            loss, st, ratio = single_losses(s, s_pos, keep, has, fmap, 1, xp)
-            out = (loss, st.negatives)
-            if symmetric:
-                carry = _single_columns(fmap, carry, s, keep, ratio, xp)
-        return carry, out + ((st.shift,) if fmap.needs_shift else ())
+        return block_forward(problem, fmap, s, _masks(t, r, live, dead_rows, xp)
+                             if problem.masked else _keep(t, r, live, dead_rows, xp),
+                             single, r, carry, xp)
 
     if problem.chunk_size is None:
         carry, outputs = body(0, carry)

@@ -225,6 +225,37 @@ def _masked_columns(
 # --------------------------------------------------------------------------- forward
 
 
+def block_forward(
+    problem: Problem,
+    fmap: LogitMap,
+    s: Array,
+    block_masks: Any,
+    single: tuple[Array, Array] | None,
+    r: Array,
+    carry: Carry,
+    xp: Namespace,
+) -> tuple[Carry, tuple[Array, ...]]:
+    """The statistics of the rows ``r`` of one block ``s`` of ``S`` (``block_masks``:
+    ``(positive, valid)`` for the masked kernel, ``keep`` for the single-positive one) and,
+    when symmetric, the column sums added to ``carry``. Shared by the tiled and the sharded
+    evaluations, which differ only in how a block and its masks are made."""
+    if problem.masked:
+        positive, valid = block_masks
+        loss, st = masked_losses(s, positive, valid, fmap, 1, xp)
+        out = (loss, st.negatives, st.positives, st.count)
+        if problem.symmetric:
+            carry = _masked_columns(fmap, carry, s, positive, valid, xp)
+    else:
+        assert single is not None
+        keep = block_masks
+        s_pos, has = (xp.take(v, r, axis=0) for v in single)
+        loss, st, ratio = single_losses(s, s_pos, keep, has, fmap, 1, xp)
+        out = (loss, st.negatives)
+        if problem.symmetric:
+            carry = _single_columns(fmap, carry, s, keep, ratio, xp)
+    return carry, out + ((st.shift,) if fmap.needs_shift else ())
+
+
 def forward(
     problem: Problem, arrays: tuple, xp: Namespace, *, loop: Loop | None = None
 ) -> tuple[Array, Residuals]:
@@ -246,20 +277,9 @@ def forward(
     def body(index: Any, carry: Carry) -> tuple[Carry, tuple[Array, ...]]:
         r, live = block_rows(index, rows, t.n, t.anchors, xp)
         s, _ = similarity(t, r, xp)
-        if problem.masked:
-            positive, valid = masks(t, r, live, dead_rows, xp)
-            loss, st = masked_losses(s, positive, valid, fmap, 1, xp)
-            out = (loss, st.negatives, st.positives, st.count)
-            if symmetric:
-                carry = _masked_columns(fmap, carry, s, positive, valid, xp)
-        else:
-            keep = keep_mask(t, r, live, dead_rows, xp)
-            s_pos, has = (xp.take(v, r, axis=0) for v in single)
-            loss, st, ratio = single_losses(s, s_pos, keep, has, fmap, 1, xp)
-            out = (loss, st.negatives)
-            if symmetric:
-                carry = _single_columns(fmap, carry, s, keep, ratio, xp)
-        return carry, out + ((st.shift,) if fmap.needs_shift else ())
+        return block_forward(problem, fmap, s, masks(t, r, live, dead_rows, xp)
+                             if problem.masked else keep_mask(t, r, live, dead_rows, xp),
+                             single, r, carry, xp)
 
     carry, stacked = (loop or python_loop(xp))(body, n_blocks, carry)
     per_row = [_unblock(x, t.n, xp) for x in stacked]
