@@ -74,7 +74,9 @@ def test_soak_detects_a_leak(monkeypatch):
 
     monkeypatch.setattr(tfree_torch, "nt_xent", leaky)
     result = soak.soak_torch(150, "plain")
-    assert result.object_growth >= 150 - soak.warmup_steps(150) > MAX_OBJECT_GROWTH
+    measured_steps = 150 - soak.warmup_steps(150)
+    # one kept tensor per measured step; the warm snapshot may fall either side of a step
+    assert result.object_growth >= measured_steps - 1 > MAX_OBJECT_GROWTH
 
 
 def test_nan_is_counted():
