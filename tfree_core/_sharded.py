@@ -48,9 +48,7 @@ from ._blocks import block_rows, similarity
 from ._kernel import (
     MaskedStats,
     SingleStats,
-    masked_gradient,
     single_scales,
-    single_weights,
 )
 from ._layouts import Problem, Residuals, _load, _partner, _store, combine_directions
 from ._maps import make_map
@@ -63,9 +61,9 @@ from ._tiled import (
     _embedding_gradients,
     _finish_columns,
     _finite,
-    _take_stats,
     _unblock,
     block_forward,
+    block_gradient,
     block_size,
     python_loop,
 )
@@ -464,7 +462,6 @@ def backward(
         # every rank's column weights: each rank weighs its own keys with its cotangent
         directions.append((0, cols_st, comm.all_gather(mine_weights)))
     dead_rows = symmetric and t.n % rows != 0
-    zero = scalar(0.0, t.anchors, xp)
     g_positive = None
     if not problem.masked:
         scales, positive_grads = single_scales(tuple(directions), fmap, xp)
@@ -479,17 +476,9 @@ def backward(
             s, a = stored, t.anchors
         else:
             s, a = similarity(t, r, xp)
-        if problem.masked:
-            positive, valid = _masks(t, r, live, dead_rows, xp)
-            _, st, coef = directions[0]
-            blk = [(1, _take_stats(st, r, xp), xp.where(live, xp.take(coef, r, axis=0), zero))]
-            g = masked_gradient(s, positive, valid, fmap, (*blk, *directions[1:]), xp)
-        else:
-            keep = _keep(t, r, live, dead_rows, xp)
-            _, scaled, shift = scales[0]
-            blk = [(1, xp.where(live, xp.take(scaled, r, axis=0), zero),
-                    None if shift is None else xp.take(shift, r, axis=0))]
-            g = single_weights(s, keep, fmap, (*blk, *scales[1:]), xp)
+        g = block_gradient(problem, fmap, s, _masks(t, r, live, dead_rows, xp)
+                           if problem.masked else _keep(t, r, live, dead_rows, xp),
+                           directions if problem.masked else scales, r, live, xp)
         return (carry[0] + xp.matrix_transpose(g) @ a,), (g @ t.candidates,)
 
     carry: Carry = (xp.zeros_like(t.candidates),)

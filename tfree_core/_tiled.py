@@ -222,6 +222,32 @@ def _masked_columns(
             log_sum - count * (finite - _finite(m_old, xp)) + logs, m_new)
 
 
+def block_gradient(
+    problem: Problem,
+    fmap: LogitMap,
+    s: Array,
+    block_masks: Any,
+    per_direction: Any,
+    r: Array,
+    live: Array,
+    xp: Namespace,
+) -> Array:
+    """``G[r] = ∂L/∂S[r]`` of one block: the row direction's factors taken at the rows
+    ``r`` (0 on dead rows), the column direction's (symmetric) whole. ``per_direction``:
+    the masked kernel's ``(axis, stats, A)`` or the single-positive kernel's scales.
+    Shared by the tiled and the sharded backward."""
+    zero = scalar(0.0, s, xp)
+    if problem.masked:
+        positive, valid = block_masks
+        _, st, coef = per_direction[0]
+        blk = [(1, _take_stats(st, r, xp), xp.where(live, xp.take(coef, r, axis=0), zero))]
+        return masked_gradient(s, positive, valid, fmap, (*blk, *per_direction[1:]), xp)
+    _, scaled, shift = per_direction[0]
+    blk = [(1, xp.where(live, xp.take(scaled, r, axis=0), zero),
+            None if shift is None else xp.take(shift, r, axis=0))]
+    return single_weights(s, block_masks, fmap, (*blk, *per_direction[1:]), xp)
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -358,7 +384,6 @@ def backward(
     directions = load_directions(problem, res, cotangent, dtype, xp)
     symmetric = problem.symmetric
     dead_rows = symmetric and t.n % rows != 0
-    zero = scalar(0.0, t.anchors, xp)
     g_positive = None
     if not problem.masked:
         scales, positive_grads = single_scales(directions, fmap, xp)
@@ -369,17 +394,9 @@ def backward(
     def body(index: Any, carry: Carry) -> tuple[Carry, tuple[Array, ...]]:
         r, live = block_rows(index, rows, t.n, t.anchors, xp)
         s, a = similarity(t, r, xp)
-        if problem.masked:
-            positive, valid = masks(t, r, live, dead_rows, xp)
-            _, st, coef = directions[0]
-            blk = [(1, _take_stats(st, r, xp), xp.where(live, xp.take(coef, r, axis=0), zero))]
-            g = masked_gradient(s, positive, valid, fmap, (*blk, *directions[1:]), xp)
-        else:
-            keep = keep_mask(t, r, live, dead_rows, xp)
-            _, scaled, shift = scales[0]
-            blk = [(1, xp.where(live, xp.take(scaled, r, axis=0), zero),
-                    None if shift is None else xp.take(shift, r, axis=0))]
-            g = single_weights(s, keep, fmap, (*blk, *scales[1:]), xp)
+        g = block_gradient(problem, fmap, s, masks(t, r, live, dead_rows, xp)
+                           if problem.masked else keep_mask(t, r, live, dead_rows, xp),
+                           directions if problem.masked else scales, r, live, xp)
         if t.per_row:  # each row's own negatives: dU_c[r] is a per-block output
             c = xp.take(t.candidates, r, axis=0)
             return carry, ((g[:, None, :] @ c)[:, 0, :], g[:, :, None] * a[:, None, :])
