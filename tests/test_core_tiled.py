@@ -385,3 +385,66 @@ def test_tiled_memory_stays_below_one_matrix():
     tiled = _peak(lambda: core.info_nce_value_and_grad(q, k, symmetric=True, chunk_size=128))
     assert untiled > matrix
     assert tiled < matrix / 4, f"tiled peak {tiled / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------ gradient in the forward
+
+
+def _engine_problems(rng):
+    """Every layout ``engine.value_and_grad`` takes, as ``(layout, arrays)`` (13 rows)."""
+    def pair():
+        return rng.standard_normal((13, 5)), rng.standard_normal((13, 5))
+
+    yield "pairs", (*pair(), None, None)
+    yield "pairs-labels", (*pair(), rng.integers(0, 3, 13), None)
+    yield "pairs-where", (*pair(), None, rng.random(13) > 0.3)
+    yield "negatives-shared", (*pair(), rng.standard_normal((7, 5)), None)
+    yield "negatives-per-row", (*pair(), rng.standard_normal((13, 4, 5)), rng.random(13) > 0.2)
+    yield "nt_xent", (*pair(), None)
+    yield "nt_xent-where", (*pair(), rng.random(13) > 0.3)
+    yield "sup_con", (pair()[0], rng.integers(0, 3, 13), None)
+    yield "sup_con-views", (rng.standard_normal((13, 2, 5)), rng.integers(0, 3, 13),
+                            rng.random(13) > 0.2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("options", MAPS[:2], ids=_map_id)
+@pytest.mark.parametrize("chunk", [None, 4, 13, "auto"])
+def test_value_and_grad_equals_forward_then_backward(reduction, options, chunk):
+    """One pass (the gradient computed with the loss, then scaled by the cotangent) gives
+    the loss and gradients of the separate forward and backward, float64, to 1e-12."""
+    import array_api_compat.numpy as xp
+
+    cotangent = xp.asarray(1.7)
+    for name, arrays in _engine_problems(np.random.default_rng(5)):
+        layout = name.split("-")[0]
+        opts = engine.make_options(reduction=reduction, **options)
+        problem = engine.prepare(layout, arrays, options=opts, chunk_size=chunk, xp=xp)
+        assert engine.fuses_gradient(problem)
+        loss, res = engine.forward(problem, arrays, xp)
+        expected = engine.backward(problem, res, cotangent, xp)
+        value, grads = engine.value_and_grad(problem, arrays, xp)
+        grads = engine.scale_gradients(problem, grads, cotangent, xp)
+        _assert_close(value, loss, 1e-12, f"{name}: loss")
+        for g, e in zip(grads, expected, strict=True):
+            _assert_close(g, e, 1e-12, f"{name}: gradient")
+
+
+def test_fuses_gradient_only_for_one_direction_and_a_scalar_reduction():
+    import array_api_compat.numpy as xp
+
+    q = np.ones((3, 2))
+    arrays = (q, q, None, None)
+
+    def problem(**kw):
+        reduction = kw.pop("reduction", "mean")
+        return engine.prepare("pairs", arrays, options=engine.make_options(reduction=reduction),
+                              xp=xp, **kw)
+
+    assert engine.fuses_gradient(problem())
+    assert engine.fuses_gradient(problem(reduction="sum"))
+    assert not engine.fuses_gradient(problem(reduction="none"))
+    assert not engine.fuses_gradient(problem(symmetric=True))
+    similarity = engine.prepare("similarity", (np.eye(3) * 0.5, np.eye(3, dtype=bool), None, None),
+                                options=engine.make_options(), xp=xp)
+    assert not engine.fuses_gradient(similarity)

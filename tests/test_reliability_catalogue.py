@@ -164,8 +164,7 @@ def _traced_call(case, backend: str):
         import tensorflow as tf
 
         return named, lambda: tf.function(body, autograph=False)(traced)
-    # Floating inputs require a gradient, as in training (and: torch.compile(fullgraph=True)
-    # of a call whose inputs need no gradient breaks on the autograd.Function).
+    # Floating inputs require a gradient, as in training: the autograd.Function is traced.
     traced = {k: v.detach().clone().requires_grad_(True) if v.is_floating_point() else v
               for k, v in traced.items()}
     torch._dynamo.reset()

@@ -232,12 +232,7 @@ def test_first_order_with_create_graph_still_correct():
     torch.testing.assert_close(g1.detach(), g2, rtol=0, atol=0)
 
 
-def test_only_what_the_formula_needs_is_saved():
-    """Pairs without masks keep one N×N float matrix (S) for the backward; the core may add
-    one N×N boolean candidate mask (a quarter of S's bytes in float32), nothing more."""
-    n = 64
-    q = torch.randn(n, 8, requires_grad=True)
-    k = torch.randn(n, 8, requires_grad=True)
+def _saved_by(loss_fn):
     saved: list[torch.Tensor] = []
 
     def pack(t):
@@ -245,13 +240,53 @@ def test_only_what_the_formula_needs_is_saved():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = tfree_torch.info_nce(q, k)
+        loss = loss_fn()
+    return loss, saved
+
+
+def test_only_what_the_formula_needs_is_saved():
+    """One direction with a scalar reduction: the gradient is computed in the forward, so
+    nothing N×N is saved (only the two (N, D) gradients). A symmetric loss keeps one N×N
+    float matrix (S) for the backward; the core may add one N×N boolean candidate mask (a
+    quarter of S's bytes in float32), nothing more."""
+    n = 64
+    q = torch.randn(n, 8, requires_grad=True)
+    k = torch.randn(n, 8, requires_grad=True)
+    loss, saved = _saved_by(lambda: tfree_torch.info_nce(q, k))
+    assert not [t for t in saved if t.numel() >= n * n]
+    assert sum(t.numel() for t in saved) <= 4 * n * 8  # two gradients (+ the inputs)
+    loss.backward()
+
+    loss, saved = _saved_by(lambda: tfree_torch.info_nce(q, k, symmetric=True))
     square = [t for t in saved if t.numel() >= n * n]
     floats = [t for t in square if t.is_floating_point()]
     assert len(floats) == 1, [(tuple(t.shape), t.dtype) for t in square]
     assert floats[0].dtype == torch.float32
     assert len(square) - len(floats) <= 1
     loss.backward()
+
+
+def test_gradient_in_forward_matches_the_core_backward():
+    """The one-pass route (gradient in the forward, scaled by the cotangent in the
+    backward) against the core's separate backward, for a non-unit cotangent."""
+    from tfree_torch._namespace import xp
+
+    from tfree_core import engine
+
+    torch.manual_seed(3)
+    q = torch.randn(37, 6, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(37, 6, dtype=torch.float64, requires_grad=True)
+    for chunk in (None, 8):
+        loss = tfree_torch.info_nce(q, k, chunk_size=chunk)
+        (2.5 * loss).backward()
+        problem = engine.prepare("pairs", (q.detach(), k.detach(), None, None),
+                                 options=engine.make_options(), chunk_size=chunk, xp=xp)
+        value, res = engine.forward(problem, (q.detach(), k.detach(), None, None), xp)
+        ref = engine.backward(problem, res, torch.tensor(2.5, dtype=torch.float64), xp)
+        torch.testing.assert_close(loss.detach(), value, rtol=1e-14, atol=0)
+        torch.testing.assert_close(q.grad, ref[0], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(k.grad, ref[1], rtol=1e-12, atol=1e-15)
+        q.grad = k.grad = None
 
 
 def test_no_grad_and_detached_inputs():

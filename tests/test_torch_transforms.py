@@ -62,6 +62,58 @@ def test_compile_fullgraph_matches_eager(name, backend, chunk):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("name", "backend", "kw"),
+    [
+        ("pairs", "inductor", {}),
+        ("negatives-per-row-where", "aot_eager", {"reduction": "sum"}),
+        ("nt_xent-where", "aot_eager", {"chunk_size": 5}),
+        ("sup_con-3d-where", "aot_eager", {}),
+    ],
+)
+def test_compile_fullgraph_gradient_in_forward(name, backend, kw):
+    """One direction, scalar reduction: the route that computes the gradient in the
+    forward compiles without a graph break and gives the eager values and gradients."""
+    case = CASES[name]
+    torch._dynamo.reset()
+    fn = getattr(tfree_torch, case.loss.__name__)
+    names = list(case.inputs)
+    extra = torch_extra(case)
+    compiled = torch.compile(lambda *xs: fn(**dict(zip(names, xs, strict=True)), **extra, **kw),
+                             fullgraph=True, backend=backend)
+    xs = torch_inputs(case, torch.float32)
+    loss = compiled(*xs)
+    grads = torch.autograd.grad(3.0 * loss, xs)
+    ys = torch_inputs(case, torch.float32)
+    expected = fn(**dict(zip(names, ys, strict=True)), **extra, **kw)
+    expected_grads = torch.autograd.grad(3.0 * expected, ys)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_compile_fullgraph_without_gradient(no_grad):
+    """An evaluation step (inputs that need no gradient, or ``torch.no_grad``) compiles
+    with ``fullgraph=True``: no autograd.Function is involved then."""
+    case = CASES["pairs-symmetric-where"]
+    torch._dynamo.reset()
+    names = list(case.inputs)
+    extra = torch_extra(case)
+    compiled = torch.compile(
+        lambda *xs: tfree_torch.info_nce(**dict(zip(names, xs, strict=True)), **extra),
+        fullgraph=True, backend="aot_eager")
+    xs = torch_inputs(case, torch.float32, grad=no_grad)
+    if no_grad:
+        with torch.no_grad():
+            loss = compiled(*xs)
+    else:
+        loss = compiled(*xs)
+    assert not loss.requires_grad
+    expected = tfree_torch.info_nce(**dict(zip(names, xs, strict=True)), **extra)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_compile_dynamic_shapes_and_half():
     """A second batch size reuses the graph with symbolic sizes; bf16 in, float32 out."""
     torch._dynamo.reset()

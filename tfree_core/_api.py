@@ -9,7 +9,17 @@ from . import _validation as check
 from ._layouts import ARRAY_NAMES
 from ._namespace import Array, Namespace, device_of, namespace_of, scalar, to_compute
 from ._options import DEFAULT_EPS, check_eps_for_dtype, clip_bound, make_options
-from .engine import DIFFERENTIABLE, backward, check_values, forward, loss_shape, prepare
+from .engine import (
+    DIFFERENTIABLE,
+    backward,
+    check_values,
+    forward,
+    fuses_gradient,
+    loss_shape,
+    prepare,
+    scale_gradients,
+    value_and_grad,
+)
 
 _COMMON_DOC = """
     Common keywords (SPEC §2):
@@ -32,6 +42,10 @@ _COMMON_DOC = """
             products instead of three). Results agree to round-off whatever the choice.
             :func:`loss_from_similarity` is never tiled (its matrix is an input): an int
             there is a ``ValueError``.
+            Where the gradient is asked for (``*_value_and_grad``), one direction (not
+            ``symmetric``) with ``"mean"`` or ``"sum"`` computes its gradient in the
+            same pass as the loss, block by block while each block is in cache: three
+            matrix products and no ``N × M`` residual whatever ``chunk_size`` is.
         check_finite: ``True``: count the NaN and ±inf values of the floating inputs first
             and raise ``ValueError`` (naming the input and the count) if there are any. A
             value check: it reads the arrays, so it costs a pass over them and needs
@@ -76,7 +90,12 @@ def _run(
         names = DIFFERENTIABLE[layout]
         check.check_finite(list(zip(names, arrays[: len(names)], strict=True)), xp)
     check_values(problem, arrays, xp)  # value checks too before any work
-    loss, residuals = forward(problem, arrays, xp, check_values=False)
+    if with_grad and fuses_gradient(problem):  # one pass: the gradient with the loss
+        loss, residuals = value_and_grad(problem, arrays, xp)
+        finish = scale_gradients
+    else:
+        loss, residuals = forward(problem, arrays, xp, check_values=False)
+        finish = backward
     if not with_grad:
         return loss
     if cotangent is None:
@@ -87,7 +106,7 @@ def _run(
                 f"cotangent must be an array of shape {shape} for reduction='none'; got a scalar"
             )
         cotangent = scalar(float(cotangent), loss, xp)
-    return loss, backward(problem, residuals, cotangent, xp)
+    return loss, finish(problem, residuals, cotangent, xp)
 
 
 _negatives_conflicts = check.check_negatives_conflicts

@@ -130,11 +130,13 @@ def single_gradient(
 
 
 def single_weights(
-    s: Array, keep: Array | None, fmap: LogitMap, per_anchor: Scales, xp: Namespace
+    s: Array, keep: Array | None, fmap: LogitMap, per_anchor: Scales, xp: Namespace,
+    weight: Array | None = None,
 ) -> Array:
-    """``G_ij = Σ_directions (A/Z)_anchor · R_ij·φ'(S_ij)`` on the kept entries, else 0."""
+    """``G_ij = Σ_directions (A/Z)_anchor · R_ij·φ'(S_ij)`` on the kept entries, else 0.
+    ``weight``: ``R·φ'`` already computed (shift-free maps only; updated in place)."""
     if not fmap.needs_shift:
-        g = fmap.weight(s, None, keep, xp)
+        g = fmap.weight(s, None, keep, xp) if weight is None else weight
         if len(per_anchor) == 1:
             axis, scaled, _ = per_anchor[0]
             g *= along(scaled, axis)

@@ -442,3 +442,96 @@ def _embedding_gradients(
         v = problem.views
         return (xp.permute_dims(xp.reshape(dz, (v, total // v, d)), (1, 0, 2)),)
     return (dz,)
+
+
+# --------------------------------------------------------------------------- value and gradient
+
+
+def fuses_gradient(problem: Problem) -> bool:
+    """Whether :func:`value_and_grad` applies: every anchor's statistics are complete
+    within its own block (one direction, no column sums) and the upstream cotangent is a
+    scalar (``"mean"`` or ``"sum"``), so the gradient is that scalar times a fixed array."""
+    return (problem.layout != "similarity" and not problem.symmetric
+            and problem.options.reduction != "none")
+
+
+def value_and_grad(
+    problem: Problem, arrays: tuple, xp: Namespace, *, loop: Loop | None = None
+) -> tuple[Array, tuple[Array, ...]]:
+    """The loss and its gradients w.r.t. the differentiable inputs, in one pass over the
+    blocks of ``S`` (for problems where :func:`fuses_gradient` holds).
+
+    Each block's rows see all their candidates, so right after a block's statistics
+    (``N_i``, ``Z_i``) are summed, the same block gives ``G[r] = ∂L/∂S[r]`` with the anchor
+    weights ``A_i = 1`` (0 without a positive), then ``dU_a[r] = G[r]·U_c`` and
+    ``dU_c += G[r]ᵀ·U_a[r]``: three matrix products in all, as untiled, with every block
+    used while it is in cache and no ``N × M`` array. ``"mean"`` divides the result by the
+    number of anchors with a positive afterwards (the gradient is linear in a uniform
+    ``A``). Gradients come back in the compute dtype, for ``cotangent = 1``: the caller
+    scales them (:func:`scale_gradients`) once the cotangent is known. ``chunk_size=None``
+    takes all rows as one block.
+    """
+    assert fuses_gradient(problem)
+    res, single = _setup(problem, arrays, xp)
+    t = _tiling(problem, res, xp)
+    rows, n_blocks = (t.n, 1) if problem.chunk_size is None else _plan(problem, t)
+    fmap = make_map(problem.options, problem.float64)
+    dtype = t.anchors.dtype
+    zero = scalar(0.0, t.anchors, xp)
+    one = scalar(1.0, t.anchors, xp)
+    carry: Carry = () if t.per_row else (xp.zeros_like(t.candidates),)
+
+    def body(index: Any, carry: Carry) -> tuple[Carry, tuple[Array, ...]]:
+        r, live = block_rows(index, rows, t.n, t.anchors, xp)
+        s, a = similarity(t, r, xp)
+        if problem.masked:
+            block_masks = masks(t, r, live, False, xp)
+            loss, st = masked_losses(s, *block_masks, fmap, 1, xp)
+            count = st.count
+            coef = xp.where(xp.logical_and(live, count > 0), one, zero)
+            g = masked_gradient(s, *block_masks, fmap, ((1, st, coef),), xp)
+            extra: tuple[Array, ...] = ()
+        else:
+            assert single is not None
+            keep = keep_mask(t, r, live, False, xp)
+            s_pos, has = (xp.take(v, r, axis=0) for v in single)
+            ratio = weight = None
+            if not fmap.needs_shift:
+                ratio, weight = fmap.ratio_and_weight(s, keep, xp)
+            loss, st, _ = single_losses(s, s_pos, keep, has, fmap, 1, xp, ratio=ratio)
+            count = xp.astype(has, dtype)
+            coef = xp.where(xp.logical_and(live, has), one, zero)
+            scales, positive_grads = single_scales(((1, st, coef),), fmap, xp)
+            g = single_weights(s, keep, fmap, scales, xp, weight=weight)
+            extra = (positive_grads[0],)
+        if t.per_row:  # each row's own negatives: dU_c[r] is a per-block output
+            c = xp.take(t.candidates, r, axis=0)
+            return carry, (loss, count, (g[:, None, :] @ c)[:, 0, :],
+                           g[:, :, None] * a[:, None, :], *extra)
+        du_c = carry[0]
+        du_c += xp.matrix_transpose(g) @ a  # in place where arrays are mutable (the carry is ours)
+        return (du_c,), (loss, count, g @ t.candidates, *extra)
+
+    carry, stacked = (loop or python_loop(xp))(body, n_blocks, carry)
+    per_row = [_unblock(x, t.n, xp) for x in stacked]
+    losses, count, du_a = per_row[:3]
+    du_c = per_row[3] if t.per_row else carry[0]
+    g_positive = None if problem.masked else per_row[-1]
+    reduction = problem.options.reduction
+    loss = combine_directions(problem, [reduce(losses, count, reduction, xp)],
+                              arrays[0].shape[0], xp)
+    grads = _embedding_gradients(problem, res, du_a, du_c, g_positive, xp)
+    if reduction == "mean":
+        anchors = xp.sum(xp.astype(count > 0, dtype))
+        factor = 1 / xp.maximum(anchors, scalar(1.0, anchors, xp))
+        grads = tuple(gr * factor for gr in grads)
+    return loss, grads
+
+
+def scale_gradients(
+    problem: Problem, grads: tuple[Array, ...], cotangent: Array, xp: Namespace
+) -> tuple[Array, ...]:
+    """``cotangent · grads`` (the gradients of :func:`value_and_grad`), each cast to its
+    input's dtype."""
+    return tuple(cast_like(g * cast_like(cotangent, g.dtype, xp), dt, xp)
+                 for g, dt in zip(grads, problem.dtypes, strict=True))

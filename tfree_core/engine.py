@@ -93,14 +93,17 @@ __all__ = [
     "check_sharded",
     "check_values",
     "forward",
+    "fuses_gradient",
     "loss_shape",
     "make_options",
     "prepare",
     "python_loop",
     "residual_keys",
+    "scale_gradients",
     "sharded_backward",
     "sharded_forward",
     "sharded_residual_keys",
+    "value_and_grad",
 ]
 
 
@@ -179,6 +182,36 @@ def backward(
     if problem.chunk_size is None:
         return _layouts.backward(problem, res, cotangent, xp)
     return _tiled.backward(problem, res, cotangent, xp, loop=loop)
+
+
+# ------------------------------------------------------------ gradient in the forward
+
+fuses_gradient = _tiled.fuses_gradient
+"""``fuses_gradient(problem)``: whether :func:`value_and_grad` applies (one direction, a
+scalar reduction, not the similarity layout)."""
+
+
+def value_and_grad(
+    problem: Problem,
+    arrays: tuple[Array | None, ...],
+    xp: Namespace,
+    *,
+    loop: Loop | None = None,
+) -> tuple[Array, tuple[Array, ...]]:
+    """The loss and, in the same pass over the blocks of ``S``, its gradients for a unit
+    cotangent (compute dtype): three matrix products, each block used while in cache,
+    no ``N × M`` residual. For a backend whose forward knows that a backward will follow
+    (an autograd tape with inputs that require grad, ``custom_vjp``'s forward rule); the
+    backward is then :func:`scale_gradients`. Only where :func:`fuses_gradient` holds."""
+    return _tiled.value_and_grad(problem, arrays, xp, loop=loop)
+
+
+def scale_gradients(
+    problem: Problem, grads: tuple[Array, ...], cotangent: Array, xp: Namespace
+) -> tuple[Array, ...]:
+    """The backward after :func:`value_and_grad`: ``cotangent · grads``, each cast to its
+    input's dtype."""
+    return _tiled.scale_gradients(problem, grads, cotangent, xp)
 
 
 # --------------------------------------------------------------------------- distributed

@@ -85,16 +85,37 @@ def _loss(problem: engine.Problem, *arrays: Array | None) -> Array:
     return _forward(problem, arrays)[0]
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _value_and_grad(problem: engine.Problem, arrays: tuple[Array | None, ...]):
+    with _precise():
+        return engine.value_and_grad(problem, arrays, jnp, loop=_scan)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _scale(problem: engine.Problem, grads: tuple[Array, ...], cotangent: Array):
+    return engine.scale_gradients(problem, grads, cotangent, jnp)
+
+
 def _loss_fwd(problem: engine.Problem, *arrays: Array | None):
-    loss, residuals = _forward(problem, arrays)
-    # The core's residuals (a dict of arrays; ``None`` entries are empty pytrees) and the
-    # argument count, to give labels and masks their ``None`` cotangents.
+    # The forward rule runs only when a VJP will follow: where the statistics of each
+    # anchor are complete within its block (engine.fuses_gradient), the gradient is
+    # computed in the same pass over S, and the backward only scales it.
+    if engine.fuses_gradient(problem):
+        loss, residuals = _value_and_grad(problem, arrays)
+    else:
+        loss, residuals = _forward(problem, arrays)
+    # The core's residuals (a dict of arrays, or the unit-cotangent gradients; ``None``
+    # entries are empty pytrees) and the argument count, to give labels and masks their
+    # ``None`` cotangents.
     return loss, (residuals, len(arrays))
 
 
 def _loss_bwd(problem: engine.Problem, saved, cotangent: Array):
     residuals, n_arrays = saved
-    grads = _backward(problem, residuals, cotangent)
+    if engine.fuses_gradient(problem):
+        grads = _scale(problem, residuals, cotangent)
+    else:
+        grads = _backward(problem, residuals, cotangent)
     # The differentiable arrays lead every layout's argument tuple (see engine's table);
     # labels, masks and absent (None) arguments get a None (zero) cotangent.
     return (*grads, *([None] * (n_arrays - len(grads))))
@@ -189,6 +210,10 @@ _COMMON_DOC = """
             ``O((N + M)·D + chunk_size·M)``, four matrix products instead of three).
             Results agree to round-off whatever the choice. :func:`loss_from_similarity`
             is never tiled (its matrix is an input): an int there is a ``ValueError``.
+            Where the call is differentiated (``jax.grad``, ``jax.vjp``), one direction
+            (not ``symmetric``) with ``"mean"`` or ``"sum"`` computes its gradient in
+            the same pass as the loss, block by block while each block is in cache:
+            three matrix products and no ``N × M`` residual whatever ``chunk_size`` is.
         group: (``info_nce`` without ``negatives``, ``nt_xent``, ``sup_con``) the name of
             a mapped axis of an enclosing ``jax.shard_map`` / ``jax.pmap`` to shard the
             batch over (data parallel; see the Distributed page), or ``None`` (default):

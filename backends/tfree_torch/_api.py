@@ -44,6 +44,10 @@ _COMMON_DOC = """
             products instead of three). Results agree to round-off whatever the choice.
             :func:`loss_from_similarity` is never tiled (its matrix is an input): an int
             there is a ``ValueError``.
+            Where autograd records the call (an input requires grad), one direction (not
+            ``symmetric``) with ``"mean"`` or ``"sum"`` computes its gradient in the
+            same pass as the loss, block by block while each block is in cache: three
+            matrix products and no ``N × M`` residual whatever ``chunk_size`` is.
         group: (``info_nce`` without ``negatives``, ``nt_xent``, ``sup_con``) a
             ``torch.distributed.ProcessGroup`` to shard the batch over (data parallel,
             eager only; see the Distributed page), or ``None`` (default): one device. Each

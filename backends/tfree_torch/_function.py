@@ -21,7 +21,7 @@ from tfree_core import engine
 
 from ._namespace import xp
 
-__all__ = ["apply", "residual_keys"]
+__all__ = ["ContrastiveLossFunction", "GradientInForwardFunction", "apply", "residual_keys"]
 
 
 def residual_keys(problem: engine.Problem) -> tuple[str, ...]:
@@ -126,7 +126,74 @@ class _OnceDifferentiable(torch.autograd.Function):
         raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
 
 
+class GradientInForwardFunction(torch.autograd.Function):
+    """``loss`` and its gradients in one pass (``tfree_core.engine.value_and_grad``);
+    ``backward`` only scales the stored gradients by the cotangent.
+
+    Used where ``engine.fuses_gradient`` holds and some input requires grad: the tape
+    guarantees the backward will want them, and computing them while each block of ``S``
+    is in cache saves recomputing it (three matrix products instead of four, half the
+    element-wise work). Inputs: ``(problem, *arrays)``; outputs ``(loss, *gradients)``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        problem: engine.Problem, *arrays: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        first = arrays[0]
+        assert first is not None
+        with torch.autocast(_device_type(first), enabled=False):
+            loss, grads = engine.value_and_grad(problem, arrays, xp)
+        return (loss, *grads)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        problem = inputs[0]
+        grads = output[1:]
+        ctx.mark_non_differentiable(*grads)
+        differentiable = inputs[1 : 1 + len(grads)]
+        ctx.save_for_backward(*grads, *differentiable)
+        ctx.problem = problem
+        ctx.n_arrays = len(inputs) - 1
+
+    @staticmethod
+    def backward(ctx: Any, cotangent: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        n_grads = len(engine.DIFFERENTIABLE[ctx.problem.layout])
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            grads = engine.scale_gradients(ctx.problem, saved[:n_grads], cotangent, xp)
+        if create_graph:
+            grads = _OnceDifferentiable.apply(len(grads), *grads, *saved[n_grads:])
+        rest = (None,) * (ctx.n_arrays - len(grads))
+        return (None, *grads, *rest)
+
+
+def _needs_gradient(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether autograd will record this call: grad mode on and a differentiable input
+    that requires grad (under ``torch.func.grad`` its wrapped inputs do)."""
+    if not torch.is_grad_enabled():
+        return False
+    n = len(engine.DIFFERENTIABLE[problem.layout])
+    return any(a is not None and a.requires_grad for a in arrays[:n])
+
+
 def apply(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
-    """The loss of ``problem`` on ``arrays``, differentiable through the analytic gradient."""
+    """The loss of ``problem`` on ``arrays``, differentiable through the analytic gradient.
+
+    Three routes, the same values: no gradient wanted (evaluation, ``torch.no_grad``): the
+    core's forward only, no residuals kept; one direction and a scalar reduction: the
+    gradient computed in the forward's pass (:class:`GradientInForwardFunction`);
+    otherwise the forward keeps residuals for the core's backward
+    (:class:`ContrastiveLossFunction`)."""
+    if not _needs_gradient(problem, arrays):
+        first = arrays[0]
+        assert first is not None
+        with torch.autocast(_device_type(first), enabled=False):
+            return engine.forward(problem, arrays, xp, check_values=False)[0]
+    if engine.fuses_gradient(problem):
+        return GradientInForwardFunction.apply(problem, *arrays)[0]
     out = ContrastiveLossFunction.apply(problem, residual_keys(problem), *arrays)
     return out[0]
