@@ -89,7 +89,6 @@ def test_kernel_keyword_is_validated():
         (lambda q, k: tfree_jax.loss_from_similarity(q @ k.T, jnp.eye(4, dtype=bool),
                                                      kernel="fused"),
          "loss_from_similarity"),
-        (lambda q, k: tfree_jax.info_nce(q, k, group="batch", kernel="fused"), "group="),
     ],
 )
 def test_forcing_fused_on_an_unsupported_call_names_the_option(call, named):
@@ -98,6 +97,15 @@ def test_forcing_fused_on_an_unsupported_call_names_the_option(call, named):
     with pytest.raises(ValueError, match="kernel='fused'") as err:
         call(q, k)
     assert named in str(err.value)
+
+
+def test_fused_with_an_unbound_group_raises_as_the_portable_path():
+    """``group=`` composes with the kernels (tests/test_fused_distributed.py runs them on
+    4 host devices); an axis name outside a mapped function is JAX's ``NameError``."""
+    q = jnp.ones((4, 3))
+    for kernel in ("fused", "portable"):
+        with pytest.raises(NameError):
+            tfree_jax.info_nce(q, q, group="batch", kernel=kernel)
 
 
 def _problem(symmetric=True, labels=None):
@@ -115,6 +123,7 @@ def test_auto_resolves_by_platform_and_support(monkeypatch):
     assert _pallas.use_fused("auto", problem, arrays, "gpu")
     assert not _pallas.use_fused("auto", problem, arrays, "cpu")
     assert not _pallas.use_fused("auto", problem, arrays, "gpu", group="batch")
+    assert _pallas.use_fused("fused", problem, arrays, "gpu", group="batch")
     assert not _pallas.use_fused("portable", problem, arrays, "gpu")
     assert _pallas.use_fused("fused", problem, arrays, "cpu")
     assert _pallas.interpret_on("cpu")
@@ -258,3 +267,39 @@ def test_fused_kernel_matches_dense_sums_and_products():
     du_a, du_c = jax.jit(lambda: kernel.grads(t, b, jnp.asarray(a), jnp.asarray(s)))()
     np.testing.assert_allclose(du_a, g @ u, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(du_c, g.T @ u, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_kernel_on_a_row_block_drops_global_indices():
+    """A device's row block (``group=``): anchors are candidates ``offset .. offset + n - 1``
+    of the gathered set, with a traced offset (as ``lax.axis_index`` gives); the self-pair
+    and the NT-Xent partner are global indices, in ``S`` and in ``Sᵀ`` alike."""
+    rng = _rng()
+    n, world, rank, d, b = 10, 3, 2, 12, 1 - 1e-6
+    m, offset = world * n, rank * n
+    u = rng.normal(size=(m, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    a = u[offset:offset + n]
+    ok = rng.random(m) > 0.2
+    partner = offset + np.roll(np.arange(n), n // 2)
+    cols = np.arange(m)[None, :]
+    keep = (cols != offset + np.arange(n)[:, None]) & (cols != partner[:, None])
+    keep &= ok[offset:offset + n, None] & ok[None, :]
+    c = np.clip(a @ u.T, -b, b)
+    ratio = np.where(keep, (1 + c) / (1 - c), 0)
+    sa, sc = rng.random(n), rng.random(m)
+    g = np.where(keep, 2 / (1 - c) ** 2, 0) * (sa[:, None] + sc[None, :])
+    kernel = _pallas.PallasKernel(interpret=True)
+    where_rows = jnp.asarray(ok[offset:offset + n])
+
+    @jax.jit
+    def run(offset):
+        t = Tiling(jnp.asarray(a), jnp.asarray(u), where_rows=where_rows,
+                   where_cols=jnp.asarray(ok), diagonal=True, partner=jnp.asarray(partner),
+                   row_offset=offset)
+        return kernel.sums(t, b, True), kernel.grads(t, b, jnp.asarray(sa), jnp.asarray(sc))
+
+    (rows, col_sums), (du_a, du_c) = run(jnp.int32(offset))
+    np.testing.assert_allclose(rows, ratio.sum(1), rtol=1e-13)
+    np.testing.assert_allclose(col_sums, ratio.sum(0), rtol=1e-13)
+    np.testing.assert_allclose(du_a, g @ u, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(du_c, g.T @ a, rtol=1e-12, atol=1e-12)

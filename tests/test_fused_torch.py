@@ -80,7 +80,6 @@ def test_kernel_keyword_is_validated():
         (lambda q, k: tfree_torch.loss_from_similarity(q @ k.T, torch.eye(4, dtype=bool),
                                                        kernel="fused"),
          "loss_from_similarity"),
-        (lambda q, k: tfree_torch.info_nce(q, k, group=object(), kernel="fused"), "group="),
     ],
 )
 def test_forcing_fused_on_an_unsupported_call_names_the_option(call, named):
@@ -88,6 +87,15 @@ def test_forcing_fused_on_an_unsupported_call_names_the_option(call, named):
     with pytest.raises(ValueError, match="kernel='fused'") as err:
         call(q, k)
     assert named in str(err.value)
+
+
+def test_fused_with_a_group_validates_the_group_first():
+    """``group=`` composes with the kernels (tests/test_fused_distributed.py runs them on
+    Gloo ranks); an unusable group is refused as on the portable path."""
+    q, k = torch.randn(4, 3), torch.randn(4, 3)
+    for kernel in ("fused", "portable"):
+        with pytest.raises(RuntimeError, match="group= needs an initialised"):
+            tfree_torch.info_nce(q, k, group=object(), kernel=kernel)
 
 
 def test_forcing_fused_on_cpu_needs_the_interpreter():
@@ -290,3 +298,34 @@ def test_fused_kernel_sums_match_a_dense_reference():
     du_a, du_c = _triton._KERNEL.grads(t, b, a, s)
     torch.testing.assert_close(du_a, g @ u, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(du_c, g.T @ u, rtol=1e-12, atol=1e-12)
+
+
+@interpreted
+def test_fused_kernel_on_a_row_block_drops_global_indices():
+    """A rank's row block (``group=``): anchors are candidates ``offset .. offset + n - 1``
+    of the gathered set; the self-pair and the NT-Xent partner are global indices, in
+    ``S`` (the sums and ``G·U_c``) and in ``Sᵀ`` (``Gᵀ·U_a``) alike."""
+    from tfree_core._blocks import Tiling
+
+    rng = _rng()
+    n, world, rank, d, b = 10, 3, 1, 12, 1 - 1e-6
+    m, offset = world * n, rank * n
+    u = torch.nn.functional.normalize(_tensor(rng.normal(size=(m, d))), dim=1)
+    a = u[offset:offset + n]
+    ok = torch.tensor(rng.random(m) > 0.2)
+    partner = offset + torch.arange(n).roll(n // 2)  # i ± n/2 within the block
+    t = Tiling(a, u, where_rows=ok[offset:offset + n], where_cols=ok, diagonal=True,
+               partner=partner, row_offset=offset)
+    cols = torch.arange(m)[None, :]
+    keep = (cols != offset + torch.arange(n)[:, None]) & (cols != partner[:, None])
+    keep &= ok[offset:offset + n, None] & ok[None, :]
+    c = (a @ u.T).clamp(-b, b)
+    ratio = torch.where(keep, (1 + c) / (1 - c), 0)
+    rows, col_sums = _triton._KERNEL.sums(t, b, True)
+    torch.testing.assert_close(rows, ratio.sum(1), rtol=1e-13, atol=0)
+    torch.testing.assert_close(col_sums, ratio.sum(0), rtol=1e-13, atol=0)
+    sa, sc = _tensor(rng.random(n)), _tensor(rng.random(m))
+    g = torch.where(keep, 2 / (1 - c) ** 2, 0) * (sa[:, None] + sc[None, :])
+    du_a, du_c = _triton._KERNEL.grads(t, b, sa, sc)
+    torch.testing.assert_close(du_a, g @ u, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(du_c, g.T @ a, rtol=1e-12, atol=1e-12)

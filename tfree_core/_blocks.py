@@ -30,6 +30,10 @@ class Tiling:
     ``labels``: for the masked kernel, the labels of rows and columns (one vector: the
     layouts with labels compare a set with itself). ``diagonal``: drop ``j = i``.
     ``partner``: NT-Xent's positive ``i ± N``, dropped from the negatives.
+    ``row_offset``: the candidate index of anchor row 0 (a Python int or a 0-d integer
+    array), for a rank's row block against the gathered candidates: ``diagonal`` then
+    drops ``j = row_offset + i`` and ``partner`` holds candidate indices. Only the fused
+    kernels read it (``_fused.exclusions``); :func:`keep_mask` assumes the default 0.
     """
 
     anchors: Array
@@ -40,6 +44,7 @@ class Tiling:
     labels: Array | None = None
     diagonal: bool = False
     partner: Array | None = None
+    row_offset: int | Array = 0
 
     @property
     def n(self) -> int:

@@ -27,22 +27,31 @@ normalisation's VJP are added here, as in the untiled path.
 Scope: the arctanh map on the single-positive layouts with a shared candidate set: pairs
 (with or without ``symmetric`` and ``where``), NT-Xent, and explicit negatives shared by
 all rows ``(M, D)``. :func:`unsupported` names what is outside it.
+
+Distributed (:func:`sharded_forward` / :func:`sharded_backward`, ``group=``): each rank
+runs the same two kernels on its local anchor rows against the candidates gathered from
+every rank; ``_sharded`` does everything else (the collectives, global indices, the
+scaling of the returned value) exactly as for its portable block loop. The rank's rows are
+candidates ``rank·n + i`` (``Tiling.row_offset``), so the kernels drop the global
+self-pair; :func:`exclusions` gives both sides' dropped indices.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from . import _sharded
 from ._blocks import Tiling
 from ._kernel import single_finish, single_scales
 from ._layouts import Problem, Residuals, _store, combine_directions, load_directions
 from ._maps import make_map
-from ._namespace import Array, Namespace, cast_like
+from ._namespace import Array, Namespace, cast_like, device_of
 from ._reduce import reduce
 from ._tiled import _embedding_gradients, _setup, _tiling
 from ._tiled import residual_keys as _tiled_residual_keys
 
-__all__ = ["TileKernel", "backward", "forward", "residual_keys", "unsupported"]
+__all__ = ["TileKernel", "backward", "exclusions", "forward", "residual_keys",
+           "sharded_backward", "sharded_forward", "sharded_residual_keys", "unsupported"]
 
 
 class TileKernel(Protocol):
@@ -74,6 +83,49 @@ def unsupported(problem: Problem, arrays: tuple[Array | None, ...]) -> str | Non
         return ("per-row negatives of shape (N, M, D) (the fused kernels take negatives "
                 "shared by all rows, (M, D))")
     return None
+
+
+Exclusions = tuple[Array | None, Array | None]
+
+
+def exclusions(t: Tiling, xp: Namespace) -> tuple[Exclusions, Exclusions]:
+    """Besides the row masks, the index each row of ``S`` (anchors) and of ``Sᵀ``
+    (candidates) drops on the other side, as int32 vectors (-1: none; ``None``: no such
+    exclusion), so that a kernel tests ``ex_x != y`` whichever side is ``X``::
+
+        anchor i:     own = row_offset + i         (diagonal)
+                      partner_i                    (a candidate index)
+        candidate j:  own = j - row_offset         (diagonal; -1 outside the anchors' block)
+                      partner_{j - row_offset} - row_offset   (likewise)
+
+    The candidate side assumes, as NT-Xent's ``i ± N`` within a rank's ``[z1; z2]``
+    does, that the partner map is an involution of the anchors' own block. With
+    ``row_offset = 0`` and ``M = N`` (one device) these are ``arange(N)`` and ``partner``
+    on both sides.
+    """
+    anchors: Exclusions = (None, None)
+    candidates: Exclusions = (None, None)
+    if not t.diagonal and t.partner is None:
+        return anchors, candidates
+    device = device_of(t.anchors)
+    i = xp.arange(t.n, dtype=xp.int32, device=device)
+    j = xp.arange(t.m, dtype=xp.int32, device=device)
+    offset = t.row_offset
+    if not isinstance(offset, int):  # a traced rank (JAX's axis_index)
+        offset = xp.astype(offset, xp.int32)
+    local = j - offset  # candidate j as an anchor row, when it is one of them
+    inside = xp.logical_and(local >= 0, local < t.n)
+    none = xp.full((t.m,), -1, dtype=xp.int32, device=device)
+    own = xp.where(inside, local, none)
+    if t.diagonal:
+        anchors = (i + offset, None)
+        candidates = (own, None)
+    if t.partner is not None:
+        partner = xp.astype(t.partner, xp.int32)
+        mirrored = xp.take(partner, xp.clip(local, 0, t.n - 1), axis=0) - offset
+        anchors = (anchors[0], partner)
+        candidates = (candidates[0], xp.where(inside, mirrored, none))
+    return anchors, candidates
 
 
 def residual_keys(problem: Problem) -> tuple[str, ...]:
@@ -117,3 +169,33 @@ def backward(
         positive_grads[0] + positive_grads[1])
     grads = _embedding_gradients(problem, res, du_a, du_c, g_positive, xp)
     return tuple(cast_like(g, dt, xp) for g, dt in zip(grads, problem.dtypes, strict=True))
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def sharded_residual_keys(problem: Problem) -> tuple[str, ...]:
+    """The residuals of :func:`sharded_forward` (``_sharded``'s; its ``"s"`` is ``None``)."""
+    return _sharded.residual_keys(problem)
+
+
+def sharded_forward(
+    problem: Problem, arrays: tuple, xp: Namespace, comm: _sharded.Collectives,
+    kernel: TileKernel,
+) -> tuple[Array, Residuals]:
+    """This rank's loss of the global batch sharded over ``comm`` (scaled as
+    ``_sharded.forward``'s: ``W·Σ_local L_i / n_global`` for ``"mean"``, ``W·Σ_local L_i``
+    for ``"sum"``, the local ``L_i`` for ``"none"``), the rows' and the rank's column sums
+    from ``kernel.sums`` on the local anchors against the gathered candidates."""
+    assert unsupported(problem, arrays) is None, unsupported(problem, arrays)
+    return _sharded.forward(problem, arrays, xp, comm, kernel=kernel)
+
+
+def sharded_backward(
+    problem: Problem, res: Residuals, cotangent: Array, xp: Namespace,
+    comm: _sharded.Collectives, kernel: TileKernel,
+) -> tuple[Array, ...]:
+    """Gradients of ``Σ_ranks cotangent·loss`` w.r.t. this rank's inputs: ``dU_a = G·U_c``
+    (local) and ``Gᵀ·U_a`` over all gathered candidates from ``kernel.grads``, the latter
+    summed over ranks and handed to their owners (``reduce_scatter``)."""
+    return _sharded.backward(problem, res, cotangent, xp, comm, kernel=kernel)

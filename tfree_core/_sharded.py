@@ -37,17 +37,27 @@ single-device gradient of the concatenated batch. Every rank must run the backwa
 The collectives come from the backend (:class:`Collectives`); within a rank the row block
 may itself be tiled (``chunk_size``): the collectives then run before and after the block
 loop, never inside it.
+
+A backend's fused tile kernels (``kernel=``, a ``_fused.TileKernel``) may replace the block
+loop: ``kernel.sums`` gives the local rows' ``N_i`` and the rank's column partial sums
+``N_j`` (all ``W·n`` columns, added over ranks as above), ``kernel.grads`` gives
+``dU_a = G·U_c`` and ``Gᵀ·U_a`` over all gathered candidates, reduce-scattered as above.
+The kernels see the same candidates as the block loop (:func:`fused_tiling`: global
+self-pair and partner indices through ``Tiling.row_offset``); the collectives, the
+positives' terms and the scaling are this module's, unchanged. Scope: the arctanh map on
+the single-positive layouts (``_fused.unsupported``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._blocks import block_rows, similarity
+from ._blocks import Tiling, block_rows, similarity
 from ._kernel import (
     MaskedStats,
     SingleStats,
+    single_finish,
     single_scales,
 )
 from ._layouts import Problem, Residuals, _load, _partner, _store, combine_directions
@@ -67,6 +77,9 @@ from ._tiled import (
     block_size,
     python_loop,
 )
+
+if TYPE_CHECKING:
+    from ._fused import TileKernel
 
 SHARDED_LAYOUTS = ("pairs", "nt_xent", "sup_con")
 """Layouts with a global batch: pairs (with or without labels, symmetric or not), NT-Xent,
@@ -281,6 +294,15 @@ def _shard(problem: Problem, res: Residuals, comm: Collectives, xp: Namespace) -
                  col_labels=res["col_labels"])
 
 
+def fused_tiling(t: Shard, comm: Collectives) -> Tiling:
+    """The shard as the fused kernels' :class:`~tfree_core._blocks.Tiling`: the local rows
+    are candidates ``rank·n .. rank·n + n - 1`` (``row_offset``), so ``diagonal`` drops
+    the global self-pair; ``partner`` already holds global indices."""
+    return Tiling(t.anchors, t.candidates, where_rows=t.where_rows, where_cols=t.where_cols,
+                  diagonal=t.self_col is not None, partner=t.partner,
+                  row_offset=comm.rank * t.n)
+
+
 def _rows(problem: Problem, t: Shard) -> int:
     """Rows per block: all local rows when untiled, else as ``_tiled`` plans them."""
     if problem.chunk_size is None:
@@ -340,17 +362,34 @@ def _combine_columns(problem, fmap, carry: Carry, comm: Collectives, xp: Namespa
     return (*_rows_of(comm.all_reduce_sum(xp.stack(sums, axis=0))), m_global)
 
 
+def _fused_sums(
+    problem: Problem, fmap: Any, t: Shard, single: tuple[Array, Array] | None,
+    comm: Collectives, kernel: TileKernel, xp: Namespace,
+) -> tuple[list[Array], Carry]:
+    """The block loop's outputs from the fused kernels: per local row ``(L_i, N_i)``, and
+    the rank's column sums ``N_j`` (symmetric) as the carry."""
+    assert single is not None, "fused: single-positive layouts (see _fused.unsupported)"
+    assert not fmap.needs_shift, "fused: the arctanh map (see _fused.unsupported)"
+    rows, cols = kernel.sums(fused_tiling(t, comm), fmap.bound, problem.symmetric)
+    loss, _ = single_finish(rows, single[0], single[1], None, fmap, xp)
+    return [loss, rows], (() if cols is None else (cols,))
+
+
 def forward(
     problem: Problem, arrays: tuple, xp: Namespace, comm: Collectives, *,
-    loop: Loop | None = None,
+    loop: Loop | None = None, kernel: TileKernel | None = None,
 ) -> tuple[Array, Residuals]:
     """This rank's loss (compute dtype; see the module docstring for its scale) and the
-    residuals of its analytic gradient."""
-    world = comm.world_size
+    residuals of its analytic gradient; ``kernel``: a backend's fused tile kernels in
+    place of the block loop (``loop`` and ``chunk_size`` are then unused)."""
     res, single, t = _setup(problem, arrays, comm, xp)
+    fmap = make_map(problem.options, problem.float64)
+    if kernel is not None:
+        per_row, carry = _fused_sums(problem, fmap, t, single, comm, kernel, xp)
+        res["s"] = None  # nothing of size n × W·n is kept: the backward reruns the kernels
+        return _finish(problem, res, single, t, fmap, per_row, carry, comm, arrays, xp)
     rows = _rows(problem, t)
     n_blocks = -(-t.n // rows)
-    fmap = make_map(problem.options, problem.float64)
     symmetric = problem.symmetric
     dead_rows = symmetric and t.n % rows != 0
     dtype = t.anchors.dtype
@@ -378,6 +417,19 @@ def forward(
         carry, stacked = (loop or python_loop(xp))(body, n_blocks, carry)
     res["s"] = kept[0] if kept else None
     per_row = [_unblock(x, t.n, xp) for x in stacked]
+    return _finish(problem, res, single, t, fmap, per_row, carry, comm, arrays, xp)
+
+
+def _finish(
+    problem: Problem, res: Residuals, single: tuple[Array, Array] | None, t: Shard,
+    fmap: Any, per_row: list[Array], carry: Carry, comm: Collectives, arrays: tuple,
+    xp: Namespace,
+) -> tuple[Array, Residuals]:
+    """From the local rows' statistics and the column partial sums: the global counts,
+    the column direction (symmetric), the scaled loss and the residuals."""
+    world = comm.world_size
+    symmetric = problem.symmetric
+    dtype = t.anchors.dtype
     shift = per_row[-1] if fmap.needs_shift else None
     row_stats: SingleStats | MaskedStats
     if problem.masked:
@@ -431,10 +483,11 @@ def _weights(
 
 def backward(
     problem: Problem, res: Residuals, cotangent: Array, xp: Namespace, comm: Collectives, *,
-    loop: Loop | None = None,
+    loop: Loop | None = None, kernel: TileKernel | None = None,
 ) -> tuple[Array, ...]:
     """Gradients of ``Σ_ranks cotangent·loss`` w.r.t. this rank's differentiable inputs
-    (SPEC §2, "Analytic gradient"), each cast to its input's dtype."""
+    (SPEC §2, "Analytic gradient"), each cast to its input's dtype; ``kernel``: as in
+    :func:`forward` (``G·U_c`` and ``Gᵀ·U_a`` from ``kernel.grads``)."""
     world = comm.world_size
     t = _shard(problem, res, comm, xp)
     rows = _rows(problem, t)
@@ -468,6 +521,15 @@ def backward(
         g_positive = positive_grads[0]
         if symmetric:  # key j's positive is query j: both live on this rank
             g_positive = g_positive + xp.take(positive_grads[1], mine, axis=0)
+    if kernel is not None:
+        assert not problem.masked, "fused: single-positive layouts (see _fused.unsupported)"
+        assert not fmap.needs_shift, "fused: the arctanh map (see _fused.unsupported)"
+        du_a, du_c_all = kernel.grads(fused_tiling(t, comm), fmap.bound, scales[0][1],
+                                      scales[1][1] if symmetric else None)
+        du_c = comm.reduce_scatter_sum(du_c_all)
+        grads = _embedding_gradients(problem, res, du_a, du_c, g_positive, xp)
+        return tuple(cast_like(gr, dt, xp)
+                     for gr, dt in zip(grads, problem.dtypes, strict=True))
     stored = res["s"]
 
     def body(index: Any, carry: Carry) -> tuple[Carry, tuple[Array, ...]]:

@@ -11,6 +11,10 @@ The value on each device is scaled so that its mean over the axis (``lax.pmean``
 single-device loss on the concatenated batch; each device's gradient is
 ``∂(Σ_devices loss_d)/∂x_d``, so ``lax.pmean`` of the parameter gradients is exactly the
 single-device gradient.
+
+With ``kernel="fused"`` each device runs the Pallas kernels (``_pallas``) on its local
+anchor rows against the gathered candidates (``tfree_core._fused.sharded_forward``): same
+collectives, same values, no ``n × W·n`` array.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tfree_core import engine
+from tfree_core import _fused, engine
+
+from ._pallas import PallasKernel
 
 Array = jax.Array
 
@@ -97,6 +103,34 @@ def _bwd(problem: engine.Problem, axis_name: Hashable, saved, cotangent: Array):
 _loss.defvjp(_fwd, _bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused_loss(problem: engine.Problem, axis_name: Hashable, interpret: bool,
+                *arrays: Array | None) -> Array:
+    """As ``_loss``, the matrix work in the Pallas kernels (``interpret``: Pallas'
+    interpreter, on a CPU)."""
+    return _fused_fwd(problem, axis_name, interpret, *arrays)[0]
+
+
+def _fused_fwd(problem: engine.Problem, axis_name: Hashable, interpret: bool,
+               *arrays: Array | None):
+    with _precise():
+        loss, res = _fused.sharded_forward(problem, arrays, jnp, JaxCollectives(axis_name),
+                                           PallasKernel(interpret))
+    return loss, (res, len(arrays))
+
+
+def _fused_bwd(problem: engine.Problem, axis_name: Hashable, interpret: bool, saved,
+               cotangent: Array):
+    res, n_arrays = saved
+    with _precise():
+        grads = _fused.sharded_backward(problem, res, cotangent, jnp,
+                                        JaxCollectives(axis_name), PallasKernel(interpret))
+    return (*grads, *([None] * (n_arrays - len(grads))))
+
+
+_fused_loss.defvjp(_fused_fwd, _fused_bwd)
+
+
 def world_size(group: Any) -> int:
     """The size of the mapped axis ``group``, or 1 where it is not one (unhashable, or not
     bound): :func:`distributed_loss` then raises, after the inputs have been validated."""
@@ -119,9 +153,28 @@ def _axis_size(group: Any) -> int:
     return int(jax.lax.axis_size(group))
 
 
+def _checks_replication() -> bool:
+    """Whether the enclosing ``jax.shard_map`` checks replication types (``check_vma``,
+    its default). Pallas' interpreter lowers its grid to a loop whose carry loses those
+    types, so an interpreted kernel cannot run there."""
+    from jax._src import config
+
+    flag = getattr(config, "_check_vma", None)
+    return bool(flag is not None and flag.value)
+
+
 def distributed_loss(problem: engine.Problem, arrays: tuple[Array | None, ...],
-                     group: Any) -> Array:
+                     group: Any, *, fused: bool = False, interpret: bool = False) -> Array:
     """The loss of ``problem`` sharded over the mapped axis ``group`` (see
-    :func:`_axis_size`)."""
+    :func:`_axis_size`); ``fused``: through the Pallas kernels (the caller checked
+    ``_pallas.use_fused``), in Pallas' interpreter when ``interpret``."""
     engine.check_sharded(problem, _axis_size(group))
+    if fused:
+        if interpret and _checks_replication():
+            raise ValueError(
+                "kernel='fused' with group= on a CPU runs the Pallas kernels in Pallas' "
+                "interpreter, which does not support jax.shard_map's replication checks: "
+                "pass check_vma=False to jax.shard_map (or use jax.pmap), or use "
+                "kernel='auto' or 'portable'")
+        return _fused_loss(problem, group, interpret, *arrays)
     return _loss(problem, group, *arrays)

@@ -173,7 +173,8 @@ def _call(
         _check_finite(layout, arrays)
     fused = use_fused(kernel, problem, arrays, platform, group)
     if group is not None:
-        return distributed_loss(problem, arrays, group)
+        return distributed_loss(problem, arrays, group, fused=fused,
+                                interpret=interpret_on(platform))
     try:
         if fused:
             return fused_loss(problem, interpret_on(platform), *arrays)
@@ -230,10 +231,13 @@ _COMMON_DOC = """
             are verified compiled on a GPU (so far: in Pallas' interpreter), ``"auto"``
             will pick them when the call runs on a GPU and is supported (the arctanh map
             on ``info_nce`` without ``labels``, with shared ``(M, D)`` ``negatives`` or
-            none, and ``nt_xent``; no ``group``).
+            none, and ``nt_xent``; without ``group``).
             ``"portable"``: always the core. ``"fused"``: always the kernels, a
             ``ValueError`` naming the option that prevents it otherwise; on a CPU they run
             in Pallas' interpreter (``interpret=True``), which is slow and meant for tests.
+            With ``group``, ``"fused"`` runs them on each device's rows against the
+            gathered candidates (``info_nce`` without ``labels`` or ``negatives``,
+            ``nt_xent``).
             Composes with ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
 
     Returns the loss in the compute dtype: float64 for float64 inputs (with

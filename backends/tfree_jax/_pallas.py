@@ -10,8 +10,9 @@ through the normalisation):
   accumulate ``N_x = Σ_y keep_xy·(1+c)/(1-c)``, ``c = clip(⟨X_x, Y_y⟩, -b, b)``: the
   bounded ratios need no running maximum and no ``exp``/``log``/``atanh`` per element.
   The row sums are one launch (``X = U_a``, ``Y = U_c``); the column sums of a symmetric
-  loss a second one with the roles swapped (the candidate masks are symmetric under the
-  swap: the diagonal is, and the NT-Xent partner map is an involution). Two launches
+  loss a second one with the roles swapped (each side drops the other side's indices
+  given by ``tfree_core._fused.exclusions``, so both launches see the same candidates).
+  Two launches
   instead of one with atomic column updates: no atomics, so the sums are deterministic
   and the kernel is the same in the interpreter and on a GPU.
 * :func:`_grad_kernel`: ``out_x = Σ_y (s_x + t_y)·keep_xy·2/(1-c_xy)²·Y_y`` (0 where the
@@ -24,6 +25,10 @@ Both run on a grid over row blocks of ``X`` with a ``lax.fori_loop`` over column
 feature axis are zero-padded to the tile sizes (the feature axis to a power of two, at
 least 16); padded rows are masked out. Extra memory ``O((N + M)·D)`` for the padded
 copies, ``O(N + M)`` besides.
+
+Distributed (``group=``, ``_distributed``): each device launches the same kernels on its
+local anchor rows against the gathered candidates (``tfree_core._fused.sharded_forward``;
+global self-pair and partner indices through ``Tiling.row_offset``).
 
 On a CPU the same kernels run in Pallas' interpreter (``interpret=True``): slow, meant
 for tests. Float32 division on a GPU is Triton's (at most 2 ulp), well inside the float32
@@ -76,9 +81,9 @@ until then they run only when asked for with ``kernel="fused"``."""
 def use_fused(kernel: str, problem: engine.Problem, arrays: tuple[Array | None, ...],
               platform: str, group: Hashable | None = None) -> bool:
     """Resolve ``kernel`` for a call running on ``platform`` (``"gpu"``, ``"cpu"``, ...):
-    ``"portable"`` never; ``"auto"`` on a GPU when the call is supported; ``"fused"``
-    always (``ValueError`` naming the option that prevents it; on a CPU the kernels run in
-    Pallas' interpreter)."""
+    ``"portable"`` never; ``"auto"`` on a GPU when the call is supported and has no
+    ``group``; ``"fused"`` always (``ValueError`` naming the option that prevents it; on a
+    CPU the kernels run in Pallas' interpreter), with a ``group`` on each device's rows."""
     check_kernel(kernel)
     if kernel == "portable":
         return False
@@ -87,8 +92,6 @@ def use_fused(kernel: str, problem: engine.Problem, arrays: tuple[Array | None, 
         return AUTO_SELECTS_FUSED and platform == "gpu" and reason is None and group is None
     if reason is not None:
         reason = f"the fused kernels do not support {reason}"
-    elif group is not None:
-        reason = "group= (the distributed path runs the portable kernel)"
     elif platform not in ("gpu", "cpu"):
         reason = (f"platform {platform!r} (the Pallas kernels are lowered through Triton "
                   "for GPUs; on a CPU they run in Pallas' interpreter)")
@@ -191,22 +194,18 @@ def _pad_rows(v: Array, rows: int, value: Any) -> Array:
     return jnp.pad(v, widths, constant_values=value)
 
 
-def _side(u: Array, ok: Array | None, ex_a: Array, ex_b: Array, rows: int, dp: int):
+def _side(u: Array, ok: Array | None, ex: tuple[Array | None, Array | None], rows: int,
+          dp: int):
     """One side of a launch, padded: embeddings ``(rows, dp)``, validity and the two
-    exclusion vectors ``(rows,)`` as int32 (padded rows invalid, no exclusions)."""
+    exclusion vectors ``(rows,)`` as int32 (``tfree_core._fused.exclusions``; padded rows
+    invalid, no exclusions)."""
     n = u.shape[0]
     u = jnp.pad(u, ((0, rows - n), (0, dp - u.shape[1])))
     valid = jnp.ones((n,), jnp.int32) if ok is None else ok.astype(jnp.int32)
-    return (u, _pad_rows(valid, rows, 0), _pad_rows(ex_a.astype(jnp.int32), rows, -1),
-            _pad_rows(ex_b.astype(jnp.int32), rows, -1))
-
-
-def _exclusions(t: Tiling, n: int) -> tuple[Array, Array]:
-    """Per row, the columns dropped besides the masks: itself (``diagonal``) and its
-    partner (NT-Xent), -1 for none. Both are symmetric under swapping rows and columns."""
-    none = jnp.full((n,), -1, jnp.int32)
-    own = jnp.arange(n, dtype=jnp.int32) if t.diagonal else none
-    return own, (none if t.partner is None else t.partner)
+    ex_a, ex_b = (jnp.full((n,), -1, jnp.int32) if v is None else v.astype(jnp.int32)
+                  for v in ex)
+    return (u, _pad_rows(valid, rows, 0), _pad_rows(ex_a, rows, -1),
+            _pad_rows(ex_b, rows, -1))
 
 
 def _launch(kernel, x_side, y_side, scales, out_shape, *, bound: float, interpret: bool,
@@ -236,12 +235,22 @@ def _launch(kernel, x_side, y_side, scales, out_shape, *, bound: float, interpre
         grid=(rows // block_m,),
         in_specs=specs,
         out_specs=out_spec,
-        out_shape=jax.ShapeDtypeStruct(out_shape, x.dtype),
+        out_shape=jax.ShapeDtypeStruct(out_shape, x.dtype,
+                                       manual_axis_type=_varying_over(operands)),
         # Triton, not JAX's default Mosaic GPU lowering (ignored by the interpreter)
         compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
         name=kernel.__name__.lstrip("_"),
     )(*operands)
+
+
+def _varying_over(operands: tuple[Array, ...]) -> Any:
+    """The output's replication type inside ``jax.shard_map`` (``check_vma``): varying over
+    every mesh axis any operand varies over (on a rank's rows under ``group=``, the local
+    anchors and the rank's exclusion indices). Outside ``shard_map``: none."""
+    varying = frozenset().union(
+        *(jax.typeof(o).manual_axis_type.varying for o in operands))
+    return jax.sharding.ManualAxisType(varying=varying)
 
 
 class PallasKernel:
@@ -256,8 +265,9 @@ class PallasKernel:
         # one block size per side: each side is X of one launch and Y of the other
         block = max(block_m, block_n)
         rows_a, rows_c = -(-n // block) * block, -(-m // block) * block
-        a = _side(t.anchors, t.where_rows, *_exclusions(t, n), rows_a, dp)
-        c = _side(t.candidates, t.where_cols, *_exclusions(t, m), rows_c, dp)
+        ex_rows, ex_cols = _fused.exclusions(t, jnp)
+        a = _side(t.anchors, t.where_rows, ex_rows, rows_a, dp)
+        c = _side(t.candidates, t.where_cols, ex_cols, rows_c, dp)
         return a, c, (block_m, block_n), (n, m)
 
     def sums(self, t: Tiling, bound: float, columns: bool) -> tuple[Array, Array | None]:

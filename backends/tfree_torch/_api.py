@@ -58,10 +58,12 @@ _COMMON_DOC = """
             verified compiled on a GPU (so far: in Triton's interpreter), ``"auto"`` will
             pick them on CUDA tensors when Triton is installed and the call is supported
             (the arctanh map on ``info_nce`` without ``labels``, with shared ``(M, D)``
-            ``negatives`` or none, and ``nt_xent``; eager, no ``group``).
+            ``negatives`` or none, and ``nt_xent``; eager; without ``group``).
             ``"portable"``: always the core. ``"fused"``: always the kernels, a
             ``ValueError`` naming what prevents it otherwise (CPU tensors run them only
             in Triton's interpreter, ``TRITON_INTERPRET=1`` set before Triton is imported).
+            With ``group``, ``"fused"`` runs them on each rank's rows against the gathered
+            candidates (``info_nce`` without ``labels`` or ``negatives``, ``nt_xent``).
         check_finite: ``True``: count the NaN and ±inf values of the floating inputs first
             (one host synchronisation) and raise ``ValueError`` naming the input and the
             count. Eager only: under ``torch.func.vmap`` and ``torch.compile(fullgraph=True)``
@@ -139,10 +141,7 @@ def _run(
     if check_finite:
         _check_finite(layout, arrays)
     if group is not None:
-        if kernel == "fused":
-            raise ValueError("kernel='fused' does not support group= yet (the distributed "
-                             "path runs the portable kernel); use kernel='auto' or 'portable'")
-        return apply_distributed(problem, arrays, group)
+        return apply_distributed(problem, arrays, group, kernel)
     if use_fused(kernel, problem, arrays):
         return apply_fused(problem, arrays)
     return apply(problem, arrays)

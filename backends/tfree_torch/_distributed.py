@@ -10,6 +10,11 @@ The value on each rank is scaled so that the *average over ranks* is the single-
 loss on the concatenated batch (ranks in group-rank order), and each rank's gradient is
 ``∂(Σ_ranks loss_r)/∂x_r``: averaging the parameter gradients over ranks, as
 ``DistributedDataParallel`` does, gives exactly the single-device gradient.
+
+With ``kernel="fused"`` each rank runs the Triton kernels (``_triton``) on its local anchor
+rows against the gathered candidates (``tfree_core._fused.sharded_forward``): same
+collectives, same values, no ``n × W·n`` array. ``kernel="auto"`` stays on the portable
+block loop here.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tfree_core import engine
+from tfree_core import _fused, engine
 
 from ._function import _OnceDifferentiable
 from ._namespace import xp
+from ._triton import _KERNEL, TritonKernel, use_fused
 
 __all__ = ["TorchCollectives", "apply_distributed", "check_group"]
 
@@ -110,25 +116,32 @@ def check_group(group: Any) -> None:
 
 
 class DistributedLossFunction(torch.autograd.Function):
-    """This rank's share of the global loss (``engine.sharded_forward``); its backward,
-    run by every rank, is ``engine.sharded_backward`` (collectives included)."""
+    """This rank's share of the global loss (``engine.sharded_forward``, or with a
+    ``kernel`` ``_fused.sharded_forward``); its backward, run by every rank, is the
+    matching ``sharded_backward`` (collectives included)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         problem: engine.Problem,
         comm: TorchCollectives,
+        kernel: TritonKernel | None,
         *arrays: torch.Tensor | None,
     ) -> torch.Tensor:
         first = arrays[0]
         assert first is not None
         kind = first.device.type if first.device.type in ("cuda", "cpu") else "cpu"
         with torch.autocast(kind, enabled=False):
-            loss, res = engine.sharded_forward(problem, arrays, xp, comm)
-        keys = engine.sharded_residual_keys(problem)
+            if kernel is None:
+                loss, res = engine.sharded_forward(problem, arrays, xp, comm)
+                keys = engine.sharded_residual_keys(problem)
+            else:
+                loss, res = _fused.sharded_forward(problem, arrays, xp, comm, kernel)
+                keys = _fused.sharded_residual_keys(problem)
         count = len(engine.DIFFERENTIABLE[problem.layout])
         ctx.save_for_backward(*(res[k] for k in keys), *arrays[:count])
         ctx.problem, ctx.comm, ctx.keys, ctx.kind = problem, comm, keys, kind
+        ctx.kernel = kernel
         ctx.n_arrays = len(arrays)
         return loss
 
@@ -139,18 +152,26 @@ class DistributedLossFunction(torch.autograd.Function):
         res = dict(zip(ctx.keys, saved[:n_keys], strict=True))
         create_graph = torch.is_grad_enabled()
         with torch.no_grad(), torch.autocast(ctx.kind, enabled=False):
-            grads = engine.sharded_backward(ctx.problem, res, cotangent, xp, ctx.comm)
+            if ctx.kernel is None:
+                grads = engine.sharded_backward(ctx.problem, res, cotangent, xp, ctx.comm)
+            else:
+                grads = _fused.sharded_backward(ctx.problem, res, cotangent, xp, ctx.comm,
+                                                ctx.kernel)
         if create_graph:  # double backward raises, as for the single-device loss
             grads = _OnceDifferentiable.apply(len(grads), *grads, *saved[n_keys:])
-        return (None, None, *grads, *((None,) * (ctx.n_arrays - len(grads))))
+        return (None, None, None, *grads, *((None,) * (ctx.n_arrays - len(grads))))
 
 
 def apply_distributed(
-    problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...], group: Any
+    problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...], group: Any,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """The loss of ``problem`` sharded over ``group`` (validated here, before any
-    collective)."""
+    collective). ``kernel="fused"``: each rank runs the Triton kernels (``ValueError``
+    naming what prevents it, as on one device); ``"auto"`` and ``"portable"``: the
+    portable block loop."""
     check_group(group)
     comm = TorchCollectives(group)
     engine.check_sharded(problem, comm.world_size)
-    return DistributedLossFunction.apply(problem, comm, *arrays)
+    fused = kernel == "fused" and use_fused(kernel, problem, arrays)
+    return DistributedLossFunction.apply(problem, comm, _KERNEL if fused else None, *arrays)

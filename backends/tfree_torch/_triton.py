@@ -10,8 +10,13 @@ float64 for float64 inputs; matrix products at IEEE precision, no TF32), never a
   maximum, no ``exp``/``log``/``atanh`` per element;
 * :func:`_grad_kernel`: ``out_x = Σ_y (s_x + t_y)·keep_xy·2/(1-c_xy)²·Y_y`` (0 where the
   clip is active), recomputing the tiles. ``dU_a = G·U_c`` is one launch (``X = U_a``,
-  ``Y = U_c``) and ``dU_c = Gᵀ·U_a`` another with the roles swapped (the candidate masks
-  are symmetric under the swap: the partner map is an involution).
+  ``Y = U_c``) and ``dU_c = Gᵀ·U_a`` another with the roles swapped (each side drops the
+  other side's indices given by ``tfree_core._fused.exclusions``, so both launches see the
+  same candidates).
+
+Distributed (``group=``, :func:`apply_distributed` in ``_distributed``): each rank launches
+the same kernels on its local anchor rows against the gathered candidates
+(``tfree_core._fused.sharded_forward`` / ``sharded_backward``).
 
 Extra memory ``O(N + M)`` besides the normalised inputs and the gradients.
 
@@ -155,6 +160,11 @@ def _mask_arg(v: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1, dtype=torch.int8) if v is None else v.to(torch.int8).contiguous()
 
 
+def _index_arg(v: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    # int32 indices; a 1-element placeholder where the kernel ignores the pointer
+    return like.new_zeros(1, dtype=torch.int32) if v is None else v.to(torch.int32).contiguous()
+
+
 class TritonKernel:
     """``tfree_core._fused.TileKernel`` on torch tensors (see the module docstring)."""
 
@@ -162,12 +172,11 @@ class TritonKernel:
         a = t.anchors.contiguous()
         c = t.candidates.contiguous()
         bound_t = torch.tensor([bound], dtype=a.dtype, device=a.device)
-        partner = None if t.partner is None else t.partner.to(torch.int32).contiguous()
-        return a, c, (bound_t, partner)
+        return a, c, (bound_t, _fused.exclusions(t, xp))
 
     def sums(self, t: Tiling, bound: float, columns: bool
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, c, (bound_t, partner) = self._common(t, bound)
+        a, c, (bound_t, (ex_rows, _)) = self._common(t, bound)
         n, d = a.shape
         m = c.shape[0]
         interpret = interpreting()
@@ -177,10 +186,11 @@ class TritonKernel:
         grid = (-(-n // block_m),)
         _kernels()[0][grid](
             a, c, _mask_arg(t.where_rows, a), _mask_arg(t.where_cols, a),
-            _mask_arg(partner, a) if partner is None else partner, bound_t, row_sum, col_sum,
+            *map(_index_arg, ex_rows, (a, a)), bound_t, row_sum, col_sum,
             n, m, d, a.stride(0), c.stride(0),
             HAS_ROW_OK=t.where_rows is not None, HAS_COL_OK=t.where_cols is not None,
-            DIAGONAL=t.diagonal, HAS_PARTNER=partner is not None, COLUMNS=columns,
+            HAS_EX_A=ex_rows[0] is not None, HAS_EX_B=ex_rows[1] is not None,
+            COLUMNS=columns,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
             FP64=a.dtype == torch.float64,
         )
@@ -188,7 +198,7 @@ class TritonKernel:
 
     def _weighted(self, x: torch.Tensor, y: torch.Tensor, sx: torch.Tensor | None,
                   sy: torch.Tensor | None, x_ok: torch.Tensor | None,
-                  y_ok: torch.Tensor | None, t: Tiling, partner: torch.Tensor | None,
+                  y_ok: torch.Tensor | None, ex: tuple[torch.Tensor | None, ...],
                   bound_t: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
         m = y.shape[0]
@@ -197,12 +207,11 @@ class TritonKernel:
         zero = x.new_zeros(1)
         _kernels()[1][(-(-n // block_m),)](
             x, y, zero if sx is None else sx.contiguous(), zero if sy is None else sy.contiguous(),
-            _mask_arg(x_ok, x), _mask_arg(y_ok, x),
-            _mask_arg(None, x) if partner is None else partner, bound_t, out,
+            _mask_arg(x_ok, x), _mask_arg(y_ok, x), *map(_index_arg, ex, (x, x)), bound_t, out,
             n, m, d, x.stride(0), y.stride(0), out.stride(0),
             HAS_SX=sx is not None, HAS_SY=sy is not None,
             HAS_X_OK=x_ok is not None, HAS_Y_OK=y_ok is not None,
-            DIAGONAL=t.diagonal, HAS_PARTNER=partner is not None,
+            HAS_EX_A=ex[0] is not None, HAS_EX_B=ex[1] is not None,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
             FP64=x.dtype == torch.float64,
         )
@@ -210,11 +219,11 @@ class TritonKernel:
 
     def grads(self, t: Tiling, bound: float, row_scale: torch.Tensor,
               col_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        a, c, (bound_t, partner) = self._common(t, bound)
-        du_a = self._weighted(a, c, row_scale, col_scale, t.where_rows, t.where_cols, t,
-                              partner, bound_t)
-        du_c = self._weighted(c, a, col_scale, row_scale, t.where_cols, t.where_rows, t,
-                              partner, bound_t)
+        a, c, (bound_t, (ex_rows, ex_cols)) = self._common(t, bound)
+        du_a = self._weighted(a, c, row_scale, col_scale, t.where_rows, t.where_cols, ex_rows,
+                              bound_t)
+        du_c = self._weighted(c, a, col_scale, row_scale, t.where_cols, t.where_rows, ex_cols,
+                              bound_t)
         return du_a, du_c
 
 

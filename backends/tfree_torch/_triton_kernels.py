@@ -1,6 +1,9 @@
 """The Triton kernels of the fused path (imported only when Triton is installed).
 
-See ``_triton`` for what they compute and how they are launched. Tiles of ``S`` are
+See ``_triton`` for what they compute and how they are launched. Besides the row masks,
+each row ``x`` of ``X`` drops the columns ``EX_A[x]`` and ``EX_B[x]`` (-1: none): its own
+index and its NT-Xent partner among ``Y``'s rows (``tfree_core._fused.exclusions``, global
+indices on a rank's row block). Tiles of ``S`` are
 computed with ``tl.dot(..., input_precision="ieee")`` (no TF32) in the compute dtype
 (float32, or float64 for float64 inputs), and so are all sums and products.
 """
@@ -19,9 +22,9 @@ def _divide(x, y, FP64: tl.constexpr):
 
 @triton.jit
 def _sums_kernel(
-    A, C, ROW_OK, COL_OK, PARTNER, BOUND, ROW_SUM, COL_SUM, n, m, d, stride_a, stride_c,
-    HAS_ROW_OK: tl.constexpr, HAS_COL_OK: tl.constexpr, DIAGONAL: tl.constexpr,
-    HAS_PARTNER: tl.constexpr, COLUMNS: tl.constexpr,
+    A, C, ROW_OK, COL_OK, EX_A, EX_B, BOUND, ROW_SUM, COL_SUM, n, m, d, stride_a, stride_c,
+    HAS_ROW_OK: tl.constexpr, HAS_COL_OK: tl.constexpr, HAS_EX_A: tl.constexpr,
+    HAS_EX_B: tl.constexpr, COLUMNS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     FP64: tl.constexpr,
 ):
@@ -38,8 +41,10 @@ def _sums_kernel(
     row_ok = row_in
     if HAS_ROW_OK:
         row_ok = row_ok & (tl.load(ROW_OK + rows, mask=row_in, other=0) != 0)
-    if HAS_PARTNER:
-        partner = tl.load(PARTNER + rows, mask=row_in, other=-1)
+    if HAS_EX_A:
+        ex_a = tl.load(EX_A + rows, mask=row_in, other=-1)
+    if HAS_EX_B:
+        ex_b = tl.load(EX_B + rows, mask=row_in, other=-1)
     acc = tl.zeros([BLOCK_M], dtype=a.dtype)
     for start in range(0, m, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
@@ -50,10 +55,10 @@ def _sums_kernel(
         keep = row_ok[:, None] & col_in[None, :]
         if HAS_COL_OK:
             keep = keep & (tl.load(COL_OK + cols, mask=col_in, other=0) != 0)[None, :]
-        if DIAGONAL:
-            keep = keep & (rows[:, None] != cols[None, :])
-        if HAS_PARTNER:
-            keep = keep & (partner[:, None] != cols[None, :])
+        if HAS_EX_A:
+            keep = keep & (ex_a[:, None] != cols[None, :])
+        if HAS_EX_B:
+            keep = keep & (ex_b[:, None] != cols[None, :])
         # dropped entries become c = -1, hence R = 0 exactly (as the core's ratio)
         clipped = tl.where(keep, tl.minimum(tl.maximum(s, -bound), bound), -1.0)
         ratio = _divide(1.0 + clipped, 1.0 - clipped, FP64)
@@ -65,9 +70,9 @@ def _sums_kernel(
 
 @triton.jit
 def _grad_kernel(
-    X, Y, SX, SY, X_OK, Y_OK, PARTNER, BOUND, OUT, n, m, d, stride_x, stride_y, stride_o,
+    X, Y, SX, SY, X_OK, Y_OK, EX_A, EX_B, BOUND, OUT, n, m, d, stride_x, stride_y, stride_o,
     HAS_SX: tl.constexpr, HAS_SY: tl.constexpr, HAS_X_OK: tl.constexpr,
-    HAS_Y_OK: tl.constexpr, DIAGONAL: tl.constexpr, HAS_PARTNER: tl.constexpr,
+    HAS_Y_OK: tl.constexpr, HAS_EX_A: tl.constexpr, HAS_EX_B: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     FP64: tl.constexpr,
 ):
@@ -83,8 +88,10 @@ def _grad_kernel(
     row_ok = row_in
     if HAS_X_OK:
         row_ok = row_ok & (tl.load(X_OK + rows, mask=row_in, other=0) != 0)
-    if HAS_PARTNER:
-        partner = tl.load(PARTNER + rows, mask=row_in, other=-1)
+    if HAS_EX_A:
+        ex_a = tl.load(EX_A + rows, mask=row_in, other=-1)
+    if HAS_EX_B:
+        ex_b = tl.load(EX_B + rows, mask=row_in, other=-1)
     if HAS_SX:
         sx = tl.load(SX + rows, mask=row_in, other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=x.dtype)
@@ -99,12 +106,11 @@ def _grad_kernel(
         inside = row_ok[:, None] & col_in[None, :] & (clipped == s)
         if HAS_Y_OK:
             inside = inside & (tl.load(Y_OK + cols, mask=col_in, other=0) != 0)[None, :]
-        if DIAGONAL:
-            inside = inside & (rows[:, None] != cols[None, :])
-        if HAS_PARTNER:
-            inside = inside & (partner[:, None] != cols[None, :])
+        if HAS_EX_A:
+            inside = inside & (ex_a[:, None] != cols[None, :])
+        if HAS_EX_B:
+            inside = inside & (ex_b[:, None] != cols[None, :])
         gap = 1.0 - tl.where(inside, clipped, 0.0)
-        # R·φ' = 2/(1-c)²
         # R·φ' = 2/(1-c)²
         weight = tl.where(inside, _divide(tl.zeros_like(gap) + 2.0, gap * gap, FP64), 0.0)
         if HAS_SX:
