@@ -308,9 +308,11 @@ def test_auto_block_size_follows_the_budget():
     assert rows(4096, 4096, depth=127) == 32  # per-row negatives: the (c, M, D) gather counts
 
 
-def _resolved(layout, arrays, kind=None):
-    return engine.prepare(layout, arrays, options=engine.make_options(), chunk_size="auto",
-                          device_kind=kind, xp=np).chunk_size
+def _resolved(layout, arrays, kind=None, reduction="none", **kw):
+    """``"auto"`` resolved; ``reduction="none"`` by default: the two-pass budgets (a scalar
+    reduction of one direction computes its gradient in the loss's pass, with its own)."""
+    return engine.prepare(layout, arrays, options=engine.make_options(reduction=reduction),
+                          chunk_size="auto", device_kind=kind, xp=np, **kw).chunk_size
 
 
 @pytest.mark.parametrize(("n", "kind", "expected"), [
@@ -325,6 +327,22 @@ def _resolved(layout, arrays, kind=None):
 def test_auto_resolves_from_shapes_and_device(n, kind, expected):
     q = np.zeros((n, 2), np.float32)
     assert _resolved("pairs", (q, q, None, None), kind) == expected
+    assert _resolved("pairs", (q, q, None, None), kind, "mean", symmetric=True) == expected
+
+
+@pytest.mark.parametrize(("n", "kind", "expected"), [
+    (1448, "cpu", None),  # untiled: the same threshold
+    (4096, "cpu", 256),  # 4 MiB blocks on a CPU: 256 rows of 4096 float32
+    (4096, "fused_cpu", None),
+    (16384, "fused_cpu", 1024),  # other kinds: the same 64 MiB blocks
+    (65536, "cpu", 128),
+])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_auto_one_pass_blocks(n, kind, expected, reduction):
+    """One direction with a scalar reduction (gradient in the loss's pass): a CPU block
+    holds its ratios and weights at once, so it takes 4 MiB, not 8."""
+    q = np.zeros((n, 2), np.float32)
+    assert _resolved("pairs", (q, q, None, None), kind, reduction) == expected
 
 
 def test_auto_counts_the_layouts_matrix():
@@ -357,6 +375,7 @@ def test_auto_reads_the_device_kind():
     assert strategy.device_kind("") is None
     q = np.zeros((4096, 2), np.float32)
     assert _resolved("pairs", (q, q, None, None)) == 512  # NumPy arrays live on the CPU
+    assert _resolved("pairs", (q, q, None, None), reduction="mean") == 256
     with pytest.raises(ValueError, match="device_kind"):
         _resolved("pairs", (q, q, None, None), "tpu")
 

@@ -7,6 +7,7 @@ embeddings. Everything else (logit map, softmax, reduction) is shared.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,15 @@ class Problem:
     def axes(self) -> tuple[int, ...]:
         """Directions: anchors along rows (1), and along columns (0) when symmetric."""
         return (1, 0) if self.symmetric else (1,)
+
+
+def fuses_gradient(problem: Problem) -> bool:
+    """Whether the gradient can be computed in the loss's own pass (``_tiled.value_and_grad``):
+    every anchor's statistics are complete within its own block of rows (one direction, no
+    column sums) and the upstream cotangent is a scalar (``"mean"`` or ``"sum"``), so the
+    gradient is that scalar times a fixed array."""
+    return (problem.layout != "similarity" and not problem.symmetric
+            and problem.options.reduction != "none")
 
 
 ARRAY_NAMES = {
@@ -164,8 +174,11 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
     shape = _matrix_shape(layout, arrays)
     if shape["m"] is not None:  # sharded: the local rows meet every device's candidates
         shape["m"] *= problem_kw.get("world_size", 1)
-    chunk_size = resolve_chunk_size(chunk_size, **shape, float64=float64, kind=kind)
-    problem = Problem(layout, options, symmetric, dtypes, views, float64, masked, chunk_size)
+    problem = Problem(layout, options, symmetric, dtypes, views, float64, masked)
+    one_pass = fuses_gradient(problem) and problem_kw.get("world_size", 1) == 1
+    chunk_size = resolve_chunk_size(chunk_size, **shape, float64=float64, kind=kind,
+                                    one_pass=one_pass)
+    problem = dataclasses.replace(problem, chunk_size=chunk_size)
     check_eps_for_dtype(options, problem.float64)
     return problem
 

@@ -15,7 +15,9 @@ The budgets depend on the kind of device and on whether element-wise work is fus
   are 8 MiB. A block that size stays in the cache between the passes over it, while each
   fresh ``N × N`` temporary of the untiled path costs its page faults again (measured on a
   2-core CPU at ``N = 4096``, ``D = 128``, float32: 512-row blocks ran loss + gradient
-  1.9× faster than the whole matrix in PyTorch);
+  1.9× faster than the whole matrix in PyTorch). When the gradient is computed in the
+  loss's pass (one direction, a scalar reduction: ``_tiled.value_and_grad``), blocks take
+  4 MiB: the pass holds the ratios and the weights of a block at once;
 * ``"fused_cpu"`` (JAX on a CPU: XLA folds the element-wise chains into the reductions
   that consume them, so the untiled path writes few matrices and the fourth matrix
   product of tiling is not repaid): untiled up to 256 MiB, then 64 MiB blocks;
@@ -34,6 +36,11 @@ UNTILED_BYTES = {CPU: 8 * 2**20, FUSED_CPU: 256 * 2**20, ACCELERATOR: 2**30}
 
 BLOCK_BYTES = {CPU: 8 * 2**20, FUSED_CPU: 64 * 2**20, ACCELERATOR: 64 * 2**20}
 """``chunk_size="auto"``: the size of one block of ``S`` in tiled evaluation."""
+
+ONE_PASS_BLOCK_BYTES = {**BLOCK_BYTES, CPU: 4 * 2**20}
+"""The same when the gradient is computed in the loss's pass (``_tiled.value_and_grad``):
+a block then holds twice the block-sized temporaries (ratios and weights together), so on
+a CPU it takes half the bytes to keep the same working set in the cache."""
 
 
 MIN_ROWS = 128
@@ -59,12 +66,14 @@ def resolve_chunk_size(
     depth: int,
     float64: bool,
     kind: str,
+    one_pass: bool = False,
 ) -> int | None:
     """The evaluation of a call: ``None`` (untiled) or rows per block.
 
     ``n`` anchors against ``m`` candidates (``None`` where a shape is not static: untiled);
     ``depth`` is ``D`` for per-row negatives, whose ``(rows, M, D)`` gather is part of the
-    block, else 0. An explicit ``chunk_size`` is kept as given.
+    block, else 0. ``one_pass``: the gradient is computed in the loss's pass
+    (:data:`ONE_PASS_BLOCK_BYTES`). An explicit ``chunk_size`` is kept as given.
     """
     if chunk_size != AUTO_CHUNK:
         return chunk_size  # type: ignore[return-value]
@@ -75,6 +84,7 @@ def resolve_chunk_size(
     per_row = m * (8 if float64 else 4) * (1 + depth)
     if n * per_row <= UNTILED_BYTES[kind]:
         return None
-    most = max(1 if depth else MIN_ROWS, BLOCK_BYTES[kind] // per_row)
+    budget = (ONE_PASS_BLOCK_BYTES if one_pass else BLOCK_BYTES)[kind]
+    most = max(1 if depth else MIN_ROWS, budget // per_row)
     blocks = -(-n // most)
     return -(-n // blocks)  # balanced: the last block is no smaller than it must be

@@ -50,6 +50,7 @@ from ._layouts import (
     _partner,
     _store,
     combine_directions,
+    fuses_gradient,
     load_directions,
 )
 from ._maps import LogitMap, make_map
@@ -445,14 +446,6 @@ def _embedding_gradients(
 
 
 # --------------------------------------------------------------------------- value and gradient
-
-
-def fuses_gradient(problem: Problem) -> bool:
-    """Whether :func:`value_and_grad` applies: every anchor's statistics are complete
-    within its own block (one direction, no column sums) and the upstream cotangent is a
-    scalar (``"mean"`` or ``"sum"``), so the gradient is that scalar times a fixed array."""
-    return (problem.layout != "similarity" and not problem.symmetric
-            and problem.options.reduction != "none")
 
 
 def value_and_grad(
