@@ -343,6 +343,8 @@ def test_auto_one_pass_blocks(n, kind, expected, reduction):
     holds its ratios and weights at once, so it takes 4 MiB, not 8."""
     q = np.zeros((n, 2), np.float32)
     assert _resolved("pairs", (q, q, None, None), kind, reduction) == expected
+    two_pass = _resolved("pairs", (q, q, None, None), kind, "none")
+    assert _resolved("pairs", (q, q, None, None), kind, reduction, one_pass=False) == two_pass
 
 
 def test_auto_counts_the_layouts_matrix():

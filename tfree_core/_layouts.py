@@ -175,7 +175,8 @@ def validate(layout: str, arrays: tuple[Array | None, ...], problem_kw: dict, xp
     if shape["m"] is not None:  # sharded: the local rows meet every device's candidates
         shape["m"] *= problem_kw.get("world_size", 1)
     problem = Problem(layout, options, symmetric, dtypes, views, float64, masked)
-    one_pass = fuses_gradient(problem) and problem_kw.get("world_size", 1) == 1
+    one_pass = (problem_kw.get("one_pass", True) and fuses_gradient(problem)
+                and problem_kw.get("world_size", 1) == 1)
     chunk_size = resolve_chunk_size(chunk_size, **shape, float64=float64, kind=kind,
                                     one_pass=one_pass)
     problem = dataclasses.replace(problem, chunk_size=chunk_size)

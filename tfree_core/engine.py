@@ -116,6 +116,7 @@ def prepare(
     chunk_size: int | str | None = None,
     device_kind: str | None = None,
     world_size: int = 1,
+    one_pass: bool = True,
     xp: Namespace,
 ) -> Problem:
     """Validate ``arrays`` for ``layout`` (before any computation) and return the static
@@ -124,10 +125,14 @@ def prepare(
     per block (``_strategy``) for ``device_kind`` (``"cpu"`` or ``"accelerator"``; default:
     read from the arrays' device, CPU where it is unknown, as under tracing). A sharded
     call (``sharded_forward``) passes its ``world_size``: each device's rows then meet
-    ``world_size`` times as many candidates, which ``"auto"`` must budget for."""
+    ``world_size`` times as many candidates, which ``"auto"`` must budget for.
+    ``one_pass=False``: the backend never calls :func:`value_and_grad`, so ``"auto"``
+    budgets for the separate forward and backward even where :func:`fuses_gradient`
+    holds."""
     return validate(
         layout, arrays, {"options": options, "symmetric": symmetric, "chunk_size": chunk_size,
-                         "device_kind": device_kind, "world_size": world_size},
+                         "device_kind": device_kind, "world_size": world_size,
+                         "one_pass": one_pass},
         xp,
     )
 

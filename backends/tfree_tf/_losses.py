@@ -232,9 +232,12 @@ def _call(
     # Graph tensors report no device: assume the one TensorFlow places ops on by default.
     kind = None if arrays[0].device else (
         "accelerator" if tf.config.list_logical_devices("GPU") else "cpu")
+    # tf.custom_gradient cannot tell whether a tape will ask for the gradient, so the
+    # forward never computes it (engine.value_and_grad): "auto" budgets for two passes.
     problem = engine.prepare(layout, arrays, options=options, symmetric=symmetric,
                              chunk_size=chunk_size, device_kind=kind,
-                             world_size=1 if group is None else world_size(group), xp=xp)
+                             world_size=1 if group is None else world_size(group),
+                             one_pass=False, xp=xp)
     if check_finite:
         # A value check: eager only. In a graph the values are unknown while tracing, and a
         # silent skip would leave the user believing the inputs were checked.
