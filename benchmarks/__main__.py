@@ -178,6 +178,13 @@ def _ratio(rows: list[dict], r: dict) -> str:
     return f"{ratio:.2f}" if r["baseline"] == TFREE else f"{ratio:.2f} (vs {r['baseline']})"
 
 
+def _milliseconds(seconds: float) -> str:
+    """One decimal from 1 ms up; three significant digits below, so that no measured time
+    prints as 0.0."""
+    ms = 1e3 * seconds
+    return f"{ms:.1f}" if ms >= 1 else f"{ms:.3g}"
+
+
 def suite_table(rows: list[dict]) -> str:
     lines = ["| backend | N | D | variant | time (ms) | time / tfree | peak above inputs (MiB) |",
              "|---|---:|---:|---|---:|---:|---:|"]
@@ -185,7 +192,7 @@ def suite_table(rows: list[dict]) -> str:
         if "variant" not in r:
             continue
         if r["status"] == "ok":
-            ms = f"{1e3 * r['seconds']:.1f}"
+            ms = _milliseconds(r["seconds"])
             peak = f"{mib(r['peak_bytes']):.0f}" if "peak_bytes" in r else "–"
         else:
             ms, peak = f"not run: {r.get('reason', '')}", "–"
