@@ -196,9 +196,16 @@ def test_search_finds_the_loss_page(driver, base_url):
     box.click()
     box.send_keys("temperature")
 
+    from selenium.common.exceptions import StaleElementReferenceException
+
     def paths(d) -> list[str]:
-        links = d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
-        return [urlsplit(a.get_attribute("href")).path for a in links]
+        # The result list is re-rendered as the query settles: a link read while that
+        # happens is stale, and the wait simply reads the list again.
+        try:
+            links = d.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
+            return [urlsplit(a.get_attribute("href")).path for a in links]
+        except StaleElementReferenceException:
+            return []
 
     _wait(driver, paths, "search returned no results")
     _wait(driver, lambda d: "/loss/" in paths(d),
