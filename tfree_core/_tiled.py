@@ -398,16 +398,28 @@ def backward(
         g = block_gradient(problem, fmap, s, masks(t, r, live, dead_rows, xp)
                            if problem.masked else keep_mask(t, r, live, dead_rows, xp),
                            directions if problem.masked else scales, r, live, xp)
-        if t.per_row:  # each row's own negatives: dU_c[r] is a per-block output
-            c = xp.take(t.candidates, r, axis=0)
-            return carry, ((g[:, None, :] @ c)[:, 0, :], g[:, :, None] * a[:, None, :])
-        return (carry[0] + xp.matrix_transpose(g) @ a,), (g @ t.candidates,)
+        return _products(t, g, r, a, carry, xp)
 
     carry, stacked = (loop or python_loop(xp))(body, n_blocks, carry)
     du_a = _unblock(stacked[0], t.n, xp)
     du_c = _unblock(stacked[1], t.n, xp) if t.per_row else carry[0]
     grads = _embedding_gradients(problem, res, du_a, du_c, g_positive, xp)
     return tuple(cast_like(gr, dt, xp) for gr, dt in zip(grads, problem.dtypes, strict=True))
+
+
+def _products(
+    t: Tiling, g: Array, r: Array, a: Array, carry: Carry, xp: Namespace
+) -> tuple[Carry, tuple[Array, ...]]:
+    """One block's share of the embedding gradients from ``G[r]``: ``dU_a[r] = G[r]·U_c``
+    (a per-block output) and ``dU_c += G[r]ᵀ·U_a[r]`` (the carry, updated in place where
+    arrays are mutable: the carry is the loop's own); with per-row negatives ``dU_c[r]``
+    is a per-block output too."""
+    if t.per_row:
+        c = xp.take(t.candidates, r, axis=0)
+        return carry, ((g[:, None, :] @ c)[:, 0, :], g[:, :, None] * a[:, None, :])
+    du_c = carry[0]
+    du_c += xp.matrix_transpose(g) @ a
+    return (du_c,), (g @ t.candidates,)
 
 
 def _embedding_gradients(
@@ -497,13 +509,8 @@ def value_and_grad(
             scales, positive_grads = single_scales(((1, st, coef),), fmap, xp)
             g = single_weights(s, keep, fmap, scales, xp, weight=weight)
             extra = (positive_grads[0],)
-        if t.per_row:  # each row's own negatives: dU_c[r] is a per-block output
-            c = xp.take(t.candidates, r, axis=0)
-            return carry, (loss, count, (g[:, None, :] @ c)[:, 0, :],
-                           g[:, :, None] * a[:, None, :], *extra)
-        du_c = carry[0]
-        du_c += xp.matrix_transpose(g) @ a  # in place where arrays are mutable (the carry is ours)
-        return (du_c,), (loss, count, g @ t.candidates, *extra)
+        carry, products = _products(t, g, r, a, carry, xp)
+        return carry, (loss, count, *products, *extra)
 
     carry, stacked = (loop or python_loop(xp))(body, n_blocks, carry)
     per_row = [_unblock(x, t.n, xp) for x in stacked]

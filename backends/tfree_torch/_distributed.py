@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from tfree_core import _fused, engine
 
-from ._function import _OnceDifferentiable
+from ._function import guarded
 from ._namespace import xp
 from ._triton import _KERNEL, TritonKernel, use_fused
 
@@ -157,9 +157,8 @@ class DistributedLossFunction(torch.autograd.Function):
             else:
                 grads = _fused.sharded_backward(ctx.problem, res, cotangent, xp, ctx.comm,
                                                 ctx.kernel)
-        if create_graph:  # double backward raises, as for the single-device loss
-            grads = _OnceDifferentiable.apply(len(grads), *grads, *saved[n_keys:])
-        return (None, None, None, *grads, *((None,) * (ctx.n_arrays - len(grads))))
+        # double backward raises, as for the single-device loss
+        return (None, None, None, *guarded(grads, saved[n_keys:], create_graph, ctx.n_arrays))
 
 
 def apply_distributed(

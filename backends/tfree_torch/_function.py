@@ -21,7 +21,13 @@ from tfree_core import engine
 
 from ._namespace import xp
 
-__all__ = ["ContrastiveLossFunction", "GradientInForwardFunction", "apply", "residual_keys"]
+__all__ = [
+    "ContrastiveLossFunction",
+    "GradientInForwardFunction",
+    "apply",
+    "guarded",
+    "residual_keys",
+]
 
 
 def residual_keys(problem: engine.Problem) -> tuple[str, ...]:
@@ -91,10 +97,7 @@ class ContrastiveLossFunction(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         with torch.no_grad(), torch.autocast(_device_type(cotangent), enabled=False):
             grads = engine.backward(ctx.problem, res, cotangent, xp)
-        if create_graph:
-            grads = _OnceDifferentiable.apply(len(grads), *grads, *saved[n_keys:])
-        rest = (None,) * (ctx.n_arrays - len(grads))
-        return (None, None, *grads, *rest)
+        return (None, None, *guarded(grads, saved[n_keys:], create_graph, ctx.n_arrays))
 
 
 DOUBLE_BACKWARD_MESSAGE = (
@@ -124,6 +127,18 @@ class _OnceDifferentiable(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
         raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
+def guarded(
+    grads: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], create_graph: bool,
+    n_arrays: int,
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients for every array argument: under ``create_graph`` attached to
+    ``inputs`` through :class:`_OnceDifferentiable` (a second derivative raises), and
+    ``None`` for the non-differentiable arrays after them (labels, masks)."""
+    if create_graph:
+        grads = _OnceDifferentiable.apply(len(grads), *grads, *inputs)
+    return (*grads, *(None,) * (n_arrays - len(grads)))
 
 
 class GradientInForwardFunction(torch.autograd.Function):
@@ -165,10 +180,7 @@ class GradientInForwardFunction(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         with torch.no_grad():
             grads = engine.scale_gradients(ctx.problem, saved[:n_grads], cotangent, xp)
-        if create_graph:
-            grads = _OnceDifferentiable.apply(len(grads), *grads, *saved[n_grads:])
-        rest = (None,) * (ctx.n_arrays - len(grads))
-        return (None, *grads, *rest)
+        return (None, *guarded(grads, saved[n_grads:], create_graph, ctx.n_arrays))
 
 
 def _needs_gradient(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -> bool:

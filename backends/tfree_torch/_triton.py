@@ -36,7 +36,7 @@ import torch
 from tfree_core import _fused, engine
 from tfree_core._blocks import Tiling
 
-from ._function import ContrastiveLossFunction, _device_type, _OnceDifferentiable
+from ._function import ContrastiveLossFunction, _device_type, guarded
 from ._namespace import xp
 
 __all__ = ["KERNELS", "apply", "available", "check_kernel", "interpreting", "use_fused"]
@@ -265,10 +265,7 @@ class FusedLossFunction(ContrastiveLossFunction):
         create_graph = torch.is_grad_enabled()
         with torch.no_grad(), torch.autocast(_device_type(cotangent), enabled=False):
             grads = _fused.backward(ctx.problem, res, cotangent, xp, _KERNEL)
-        if create_graph:
-            grads = _OnceDifferentiable.apply(len(grads), *grads, *saved[n_keys:])
-        rest = (None,) * (ctx.n_arrays - len(grads))
-        return (None, None, *grads, *rest)
+        return (None, None, *guarded(grads, saved[n_keys:], create_graph, ctx.n_arrays))
 
 
 def apply(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
