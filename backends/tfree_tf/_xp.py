@@ -2,7 +2,9 @@
 
 TensorFlow ships no Array API namespace (array-api-compat does not cover it and
 ``tf.Tensor`` has no ``__array_namespace__``), so the TF backend hands this module to the
-core as ``xp=``. It holds only the functions the core needs, each following the standard:
+core as ``xp=``. It holds only the names the core uses (``tests/test_tf_shim.py`` derives
+that set from the ``xp.NAME`` accesses in ``tfree_core`` and ``tfree_tf`` and pins
+``__all__`` to it), each following the standard:
 
 - type promotion between arrays per the standard's table; mixing kinds (bool, integer,
   floating) raises ``TypeError`` and nothing is ever cast down implicitly;
@@ -16,8 +18,10 @@ wherever TF knows them, so the same calls run eagerly, under ``tf.function`` and
 ``tf.function(jit_compile=True)``.
 
 Default dtypes: ``float32`` (as TF, torch and JAX) and ``int64`` (as NumPy and torch).
-``bfloat16`` is an extension and counts as "real floating"; ``bfloat16`` with ``float16``
-promotes to ``float32``.
+Only ``float32``, ``float64``, ``int32`` and ``int64`` are exported as dtype objects, but
+arrays of any TF dtype (bool, signed and unsigned integers, float16, bfloat16, complex)
+are classified by ``isdtype`` and promoted by the table. ``bfloat16`` is an extension and
+counts as "real floating"; ``bfloat16`` with ``float16`` promotes to ``float32``.
 
 Private to ``tfree_tf``: swap it for an upstream namespace if array-api-compat ever
 supports TensorFlow.
@@ -27,12 +31,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
-import ml_dtypes  # a TensorFlow dependency; its finfo knows bfloat16
 import numpy as np
 import tensorflow as tf
 
@@ -40,10 +42,11 @@ __array_api_version__ = "2023.12"
 
 
 def fuses_elementwise() -> builtins.bool:
-    """Not part of the standard: tells the core (``tfree_core._namespace``) whether
+    """Not part of the standard: tells the core (its namespace helpers) whether
     element-wise chains are fused, as in the graphs that ``tfree_tf`` compiles with XLA
     (eager TensorFlow runs one kernel per operation)."""
     return not tf.executing_eagerly()
+
 
 Array = tf.Tensor
 DType = tf.DType
@@ -53,102 +56,55 @@ Axis = int | tuple[int, ...] | None
 
 __all__ = [
     "__array_api_version__",
-    "abs",
-    "add",
-    "all",
     "any",
     "arange",
-    "argmax",
     "asarray",
     "astype",
-    "atanh",
-    "bfloat16",
-    "bool",
     "broadcast_to",
     "clip",
-    "complex64",
-    "complex128",
     "concat",
-    "divide",
-    "equal",
     "exp",
-    "expand_dims",
-    "expm1",
-    "eye",
-    "finfo",
-    "flip",
-    "float16",
     "float32",
     "float64",
     "full",
-    "full_like",
-    "greater",
-    "greater_equal",
-    "iinfo",
-    "int8",
-    "int16",
     "int32",
     "int64",
     "isdtype",
     "isfinite",
     "isinf",
     "isnan",
-    "less",
-    "less_equal",
     "log",
     "log1p",
     "logical_and",
     "logical_not",
-    "logical_or",
-    "matmul",
     "matrix_transpose",
     "max",
     "maximum",
-    "mean",
     "min",
     "minimum",
-    "multiply",
-    "negative",
-    "not_equal",
     "ones",
     "ones_like",
     "permute_dims",
-    "pow",
-    "prod",
-    "repeat",
     "reshape",
-    "sign",
     "sqrt",
-    "square",
-    "squeeze",
     "stack",
-    "subtract",
     "sum",
     "take",
-    "tile",
-    "uint8",
     "where",
     "zeros",
     "zeros_like",
 ]
 
 # ---------------------------------------------------------------------------------------
-# Data types. The names shadow builtins (`bool`, `max`, `sum`, ...) as the standard
-# requires; the code below reaches the builtins through `builtins.`.
+# Data types: only those the core names are exported; the tables below cover every TF
+# dtype an input array may have. Function names shadow builtins (`any`, `max`, `sum`,
+# ...) as the standard requires; the code below reaches the builtins through `builtins.`.
 # ---------------------------------------------------------------------------------------
 
-bool = tf.bool
-int8 = tf.int8
-int16 = tf.int16
 int32 = tf.int32
 int64 = tf.int64
-uint8 = tf.uint8
-float16 = tf.float16
-bfloat16 = tf.bfloat16
 float32 = tf.float32
 float64 = tf.float64
-complex64 = tf.complex64
-complex128 = tf.complex128
 
 _DEFAULT_FLOAT = tf.float32
 _DEFAULT_INT = tf.int64
@@ -193,55 +149,6 @@ def isdtype(dtype: DType, kind: DType | str | tuple[DType | str, ...]) -> builti
     return False
 
 
-@dataclasses.dataclass(frozen=True)
-class _FInfo:
-    bits: int
-    eps: float
-    max: float
-    min: float
-    smallest_normal: float
-    dtype: DType
-
-    @property
-    def tiny(self) -> float:
-        """NumPy's name for ``smallest_normal``."""
-        return self.smallest_normal
-
-
-@dataclasses.dataclass(frozen=True)
-class _IInfo:
-    bits: int
-    max: int
-    min: int
-    dtype: DType
-
-
-def finfo(type: DType | Array, /) -> _FInfo:
-    """Machine limits of a floating dtype (of the real component for complex ones)."""
-    dt = type.dtype if tf.is_tensor(type) else _as_dtype(type)
-    dt = {tf.complex64: tf.float32, tf.complex128: tf.float64}.get(dt, dt)
-    if dt not in _REAL:
-        raise TypeError(f"finfo needs a floating dtype, got {dt.name}")
-    fi = ml_dtypes.finfo(dt.as_numpy_dtype)
-    return _FInfo(
-        bits=fi.bits,
-        eps=float(fi.eps),
-        max=float(fi.max),
-        min=float(fi.min),
-        smallest_normal=float(fi.smallest_normal),
-        dtype=dt,
-    )
-
-
-def iinfo(type: DType | Array, /) -> _IInfo:
-    """Machine limits of an integer dtype."""
-    dt = type.dtype if tf.is_tensor(type) else _as_dtype(type)
-    if not isdtype(dt, "integral"):
-        raise TypeError(f"iinfo needs an integer dtype, got {dt.name}")
-    ii = np.iinfo(dt.as_numpy_dtype)
-    return _IInfo(bits=ii.bits, max=int(ii.max), min=int(ii.min), dtype=dt)
-
-
 # ---------------------------------------------------------------------------------------
 # Type promotion (the standard's table, no value-based casting) and operand conversion.
 # ---------------------------------------------------------------------------------------
@@ -284,8 +191,8 @@ def _scalar(v: Scalar, dtype: DType) -> Array:
     elif isinstance(v, int):
         ok = isdtype(dtype, "numeric")
         if isdtype(dtype, "integral"):
-            info = iinfo(dtype)
-            if not info.min <= v <= info.max:
+            info = np.iinfo(dtype.as_numpy_dtype)
+            if not int(info.min) <= v <= int(info.max):
                 # tf.constant would wrap around silently (300 -> 44 for int8).
                 raise OverflowError(f"Python int {v} is out of bounds for {dtype.name}")
     elif isinstance(v, float):
@@ -436,21 +343,6 @@ def ones_like(x: Array, /, *, dtype: DType | None = None, device: Device | None 
         return tf.ones_like(x, dtype=None if dtype is None else _as_dtype(dtype))
 
 
-def full_like(
-    x: Array,
-    /,
-    fill_value: Scalar,
-    *,
-    dtype: DType | None = None,
-    device: Device | None = None,
-) -> Array:
-    x = _tensor(x)
-    with _on(device):
-        value = asarray(fill_value, dtype=x.dtype if dtype is None else dtype)
-        # tf.shape of a fully known shape folds to a constant, so the result stays static.
-        return tf.fill(tf.shape(x), value)
-
-
 def arange(
     start: int | float,
     /,
@@ -482,23 +374,6 @@ def arange(
         return tf.cast(i * tf.constant(step, work) + tf.constant(start, work), dtype)
 
 
-def eye(
-    n_rows: int,
-    n_cols: int | None = None,
-    /,
-    *,
-    k: int = 0,
-    dtype: DType | None = None,
-    device: Device | None = None,
-) -> Array:
-    n_cols = n_rows if n_cols is None else n_cols
-    with _on(device):
-        rows = tf.range(n_rows, dtype=tf.int64)[:, None]
-        cols = tf.range(n_cols, dtype=tf.int64)[None, :]
-        on_diagonal = tf.equal(cols - rows, k)  # tf.eye has no `k`
-        return tf.cast(on_diagonal, _DEFAULT_FLOAT if dtype is None else _as_dtype(dtype))
-
-
 def astype(
     x: Array, dtype: DType, /, *, copy: builtins.bool = True, device: Device | None = None
 ) -> Array:
@@ -519,25 +394,12 @@ def astype(
 # ---------------------------------------------------------------------------------------
 
 
-def abs(x: Array, /) -> Array:
-    x = _tensor(x, "numeric", "abs")
-    return x if isdtype(x.dtype, "unsigned integer") else tf.abs(x)  # TF: no uint kernel
-
-
 def sqrt(x: Array, /) -> Array:
     return tf.sqrt(_tensor(x, _FLOATING, "sqrt"))
 
 
-def square(x: Array, /) -> Array:
-    return tf.square(_tensor(x, "numeric", "square"))
-
-
 def exp(x: Array, /) -> Array:
     return tf.exp(_tensor(x, _FLOATING, "exp"))
-
-
-def expm1(x: Array, /) -> Array:
-    return tf.math.expm1(_tensor(x, _FLOATING, "expm1"))
 
 
 def log(x: Array, /) -> Array:
@@ -546,24 +408,6 @@ def log(x: Array, /) -> Array:
 
 def log1p(x: Array, /) -> Array:
     return tf.math.log1p(_tensor(x, _FLOATING, "log1p"))
-
-
-def atanh(x: Array, /) -> Array:
-    return tf.math.atanh(_tensor(x, _FLOATING, "atanh"))
-
-
-def sign(x: Array, /) -> Array:
-    x = _tensor(x, "numeric", "sign")
-    if isdtype(x.dtype, "unsigned integer"):
-        return tf.cast(x > 0, x.dtype)  # TF: no uint kernel
-    return tf.sign(x)
-
-
-def negative(x: Array, /) -> Array:
-    x = _tensor(x, "numeric", "negative")
-    if isdtype(x.dtype, "unsigned integer"):
-        return tf.zeros_like(x) - x  # wraps around, as the standard's modular arithmetic
-    return tf.negative(x)
 
 
 def isnan(x: Array, /) -> Array:
@@ -598,31 +442,6 @@ def logical_not(x: Array, /) -> Array:
 
 
 # Binary: promotion per the standard, broadcasting by TF (same rules as the standard).
-
-
-def add(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.add(*_promote(x1, x2, kind="numeric", name="add"))
-
-
-def subtract(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.subtract(*_promote(x1, x2, kind="numeric", name="subtract"))
-
-
-def multiply(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.multiply(*_promote(x1, x2, kind="numeric", name="multiply"))
-
-
-def divide(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    # Integer inputs give a floating result (TF's truediv; the standard leaves it open).
-    return tf.math.truediv(*_promote(x1, x2, kind="numeric", name="divide"))
-
-
-def pow(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    a, b = _promote(x1, x2, kind="numeric", name="pow")
-    if isdtype(a.dtype, "unsigned integer"):
-        # No uint kernel: int64 arithmetic wraps modulo 2**64, so the cast back is exact.
-        return tf.cast(tf.pow(tf.cast(a, tf.int64), tf.cast(b, tf.int64)), a.dtype)
-    return tf.pow(a, b)
 
 
 def maximum(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
@@ -662,36 +481,8 @@ def clip(
     return out
 
 
-def equal(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.equal(*_promote(x1, x2))
-
-
-def not_equal(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.not_equal(*_promote(x1, x2))
-
-
-def less(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.less(*_promote(x1, x2, kind=_REAL_NUMERIC, name="less"))
-
-
-def less_equal(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.less_equal(*_promote(x1, x2, kind=_REAL_NUMERIC, name="less_equal"))
-
-
-def greater(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.greater(*_promote(x1, x2, kind=_REAL_NUMERIC, name="greater"))
-
-
-def greater_equal(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.greater_equal(*_promote(x1, x2, kind=_REAL_NUMERIC, name="greater_equal"))
-
-
 def logical_and(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
     return tf.logical_and(*_promote(x1, x2, kind="bool", name="logical_and"))
-
-
-def logical_or(x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
-    return tf.logical_or(*_promote(x1, x2, kind="bool", name="logical_or"))
 
 
 def where(condition: Array, x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
@@ -706,7 +497,7 @@ def where(condition: Array, x1: Array | Scalar, x2: Array | Scalar, /) -> Array:
 
 
 def _sum_dtype(dtype: DType) -> DType:
-    # The standard: integer sums and products widen to the default integer (uint64 for
+    # The standard: integer sums widen to the default integer (uint64 for
     # unsigned ones); bool counts in the default integer, as NumPy does.
     if dtype == tf.bool or dtype in _SIGNED:
         return _DEFAULT_INT
@@ -726,28 +517,6 @@ def sum(
     x = _tensor(x, ("numeric", "bool"), "sum")
     x = tf.cast(x, _sum_dtype(x.dtype) if dtype is None else _as_dtype(dtype))
     return tf.reduce_sum(x, axis=_axes(axis), keepdims=keepdims)
-
-
-def prod(
-    x: Array,
-    /,
-    *,
-    axis: Axis = None,
-    dtype: DType | None = None,
-    keepdims: builtins.bool = False,
-) -> Array:
-    x = _tensor(x, ("numeric", "bool"), "prod")
-    x = tf.cast(x, _sum_dtype(x.dtype) if dtype is None else _as_dtype(dtype))
-    return tf.reduce_prod(x, axis=_axes(axis), keepdims=keepdims)
-
-
-def mean(x: Array, /, *, axis: Axis = None, keepdims: builtins.bool = False) -> Array:
-    x = _tensor(x, _FLOATING, "mean")  # TF's integer mean would floor-divide
-    if x.dtype in (tf.float16, tf.bfloat16):
-        # TF accumulates the half-precision mean in half: 1000 values of 100 give inf.
-        m = tf.reduce_mean(tf.cast(x, tf.float32), axis=_axes(axis), keepdims=keepdims)
-        return tf.cast(m, x.dtype)
-    return tf.reduce_mean(x, axis=_axes(axis), keepdims=keepdims)
 
 
 def max(x: Array, /, *, axis: Axis = None, keepdims: builtins.bool = False) -> Array:
@@ -775,52 +544,9 @@ def any(x: Array, /, *, axis: Axis = None, keepdims: builtins.bool = False) -> A
     return tf.reduce_any(_truth(_tensor(x)), axis=_axes(axis), keepdims=keepdims)
 
 
-def all(x: Array, /, *, axis: Axis = None, keepdims: builtins.bool = False) -> Array:
-    return tf.reduce_all(_truth(_tensor(x)), axis=_axes(axis), keepdims=keepdims)
-
-
-def argmax(x: Array, /, *, axis: int | None = None, keepdims: builtins.bool = False) -> Array:
-    """Index of the first maximum, as int64 (the default integer)."""
-    x = _tensor(x, _REAL_NUMERIC, "argmax")
-    if axis is None:
-        out = tf.argmax(tf.reshape(x, [-1]), axis=0, output_type=tf.int64)
-        return tf.reshape(out, [1] * x.shape.rank) if keepdims else out
-    out = tf.argmax(x, axis=axis, output_type=tf.int64)
-    return tf.expand_dims(out, axis) if keepdims else out
-
-
 # ---------------------------------------------------------------------------------------
 # Linear algebra and manipulation.
 # ---------------------------------------------------------------------------------------
-
-
-def matmul(x1: Array, x2: Array, /) -> Array:
-    """Matrix product with the standard's rules: batch dims broadcast; a 1-D operand is
-    a row (left) or column (right) vector whose axis is dropped from the result.
-
-    float32 products use full float32 on CPU. On NVIDIA GPUs TF uses TF32 for float32
-    matmuls unless `tf.config.experimental.enable_tensor_float_32_execution(False)` is
-    set; that switch is global, so the caller (conformance, tests) owns it.
-    """
-    a, b = _promote(x1, x2, kind="numeric", name="matmul")
-    if a.shape.rank == 0 or b.shape.rank == 0:
-        raise ValueError("matmul does not accept 0-D arrays")
-    vec_a, vec_b = a.shape.rank == 1, b.shape.rank == 1
-    if vec_a:
-        a = a[None, :]
-    if vec_b:
-        b = b[:, None]
-    dtype = a.dtype
-    if dtype in (tf.int8, tf.int16, tf.uint8, tf.uint16):
-        # No small-integer matmul kernel: int32 arithmetic wraps consistently, so the
-        # cast back gives the modular result NumPy gives.
-        a, b = tf.cast(a, tf.int32), tf.cast(b, tf.int32)
-    out = tf.linalg.matmul(a, b)
-    if vec_b:
-        out = out[..., 0]
-    if vec_a:
-        out = out[..., 0] if vec_b else out[..., 0, :]
-    return tf.cast(out, dtype)
 
 
 def matrix_transpose(x: Array, /) -> Array:
@@ -847,16 +573,6 @@ def stack(arrays: Sequence[Array], /, *, axis: int = 0) -> Array:
     return tf.stack(_promote(*arrays), axis=axis)
 
 
-def expand_dims(x: Array, /, *, axis: int = 0) -> Array:
-    return tf.expand_dims(_tensor(x), axis)
-
-
-def squeeze(x: Array, /, axis: int | tuple[int, ...]) -> Array:
-    axes = _axes(axis)
-    # tf.squeeze(x, []) would drop every size-1 axis; the standard's axis=() drops none.
-    return tf.squeeze(_tensor(x), axes) if axes else _tensor(x)
-
-
 def broadcast_to(x: Array, /, shape: tuple[int, ...]) -> Array:
     return tf.broadcast_to(_tensor(x), shape)
 
@@ -877,25 +593,6 @@ def take(x: Array, indices: Array, /, *, axis: int | None = None) -> Array:
         n = tf.shape(x, out_type=i.dtype)[axis] if n is None else tf.constant(n, i.dtype)
         i = tf.where(i < 0, i + n, i)
     return tf.gather(x, i, axis=axis)
-
-
-def tile(x: Array, repetitions: tuple[int, ...], /) -> Array:
-    x = _tensor(x)
-    reps = list(repetitions)
-    for _ in range(len(reps) - x.shape.rank):
-        x = tf.expand_dims(x, 0)  # more repetitions than axes: prepend axes, as NumPy
-    reps = [1] * (x.shape.rank - len(reps)) + reps
-    return tf.tile(x, reps)
-
-
-def repeat(x: Array, repeats: int | Array, /, *, axis: int | None = None) -> Array:
-    return tf.repeat(_tensor(x), repeats, axis=axis)  # axis=None flattens first, as standard
-
-
-def flip(x: Array, /, *, axis: Axis = None) -> Array:
-    x = _tensor(x)
-    axes = _axes(axis)
-    return tf.reverse(x, list(range(x.shape.rank)) if axes is None else axes)
 
 
 # AutoGraph (on by default in tf.function) would otherwise convert every function above on
