@@ -1,8 +1,8 @@
-"""The core's data-parallel path (``engine.sharded_forward`` / ``sharded_backward``) on an
+"""The core's data-parallel path (``engine.forward`` / ``backward`` with ``comm=``) on an
 in-process collective: ``W`` ranks as threads exchanging arrays through a barrier.
 
 Reference: the single-device core on the concatenated batch. What must hold (see
-``tfree_core._sharded``): the average of the ranks' losses is the global loss (``mean``,
+``tfree_core._evaluate``): the average of the ranks' losses is the global loss (``mean``,
 ``sum``; ``none``: the ranks' vectors are slices of the global one), and each rank's
 gradient is ``∂(Σ_ranks g_r·loss_r)/∂x_r``, i.e. ``W`` times the global gradient's slice for
 ``mean`` / ``sum`` with unit cotangents. The global gradient itself is checked against
@@ -169,9 +169,9 @@ def _check(layout, world, n, rng, *, symmetric=False, labels=False, views=0, whe
         p = engine.prepare(layout, local, options=options, symmetric=symmetric,
                            chunk_size=chunk_size, xp=np)
         engine.check_sharded(p, comm.world_size)
-        value, residuals = engine.sharded_forward(p, local, np, comm)
-        assert set(residuals) == set(engine.sharded_residual_keys(p))
-        return value, engine.sharded_backward(p, residuals, g_local[r], np, comm)
+        value, residuals = engine.forward(p, local, np, comm=comm)
+        assert isinstance(residuals, tuple)
+        return value, engine.backward(p, residuals, g_local[r], np, comm=comm)
 
     out = run_ranks(world, rank_fn)
     values = [v for v, _ in out]
@@ -240,8 +240,8 @@ def test_float32_round_off(rng):
     def rank_fn(comm, r):
         local = tuple(None if a is None else a.astype(np.float32) for a in shard(r))
         p = engine.prepare("pairs", local, options=options, symmetric=True, xp=np)
-        value, residuals = engine.sharded_forward(p, local, np, comm)
-        return value, engine.sharded_backward(p, residuals, np.float32(1.0), np, comm)
+        value, residuals = engine.forward(p, local, np, comm=comm)
+        return value, engine.backward(p, residuals, np.float32(1.0), np, comm=comm)
 
     out = run_ranks(4, rank_fn)
     assert all(v.dtype == np.float32 for v, _ in out)
@@ -293,8 +293,8 @@ def test_ddp_averaging_gives_the_exact_gradient(rng):
         x, y = xs[r * n:(r + 1) * n], ys[r * n:(r + 1) * n]
         local = (x @ theta, y @ theta, None, None)
         p = engine.prepare("pairs", local, options=options, symmetric=True, xp=np)
-        _, residuals = engine.sharded_forward(p, local, np, comm)
-        gq, gk = engine.sharded_backward(p, residuals, np.asarray(1.0), np, comm)
+        _, residuals = engine.forward(p, local, np, comm=comm)
+        gq, gk = engine.backward(p, residuals, np.asarray(1.0), np, comm=comm)
         return x.T @ gq + y.T @ gk
 
     averaged = np.mean(run_ranks(world, rank_fn), axis=0)
@@ -311,9 +311,9 @@ def test_communication_pattern(rng):
     def rank_fn(comm, r):
         local = shard(r)
         p = engine.prepare("pairs", local, options=options, symmetric=True, xp=np)
-        _, residuals = engine.sharded_forward(p, local, np, comm)
+        _, residuals = engine.forward(p, local, np, comm=comm)
         calls["forward"] = list(comm.calls)
-        engine.sharded_backward(p, residuals, np.asarray(1.0), np, comm)
+        engine.backward(p, residuals, np.asarray(1.0), np, comm=comm)
         calls["backward"] = comm.calls[len(calls["forward"]):]
 
     run_ranks(2, rank_fn)
@@ -334,9 +334,9 @@ def test_array_api_strict(rng):
     def rank_fn(comm, r):
         local = tuple(xps.asarray(a, device=device) for a in shard(r))
         p = engine.prepare("sup_con", local, options=options, chunk_size=3, xp=xps)
-        value, residuals = engine.sharded_forward(p, local, xps, comm)
+        value, residuals = engine.forward(p, local, xps, comm=comm)
         one = xps.asarray(1.0, dtype=xps.float64, device=device)
-        (g,) = engine.sharded_backward(p, residuals, one, xps, comm)
+        (g,) = engine.backward(p, residuals, one, xps, comm=comm)
         assert g.device == device
         cpu = xps.Device("CPU_DEVICE")
         return float(np.asarray(value.to_device(cpu))), np.asarray(g.to_device(cpu))

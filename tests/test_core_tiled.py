@@ -235,7 +235,8 @@ def test_driver_order_does_not_matter(case, options):
     assert tiled.chunk_size == 3
     loss0, res0 = engine.forward(plain, arrays, np)
     loss, res = engine.forward(tiled, arrays, np, loop=_reverse_loop)
-    assert tuple(res) == engine.residual_keys(tiled)
+    assert isinstance(res, tuple)
+    assert len(res) == len(res0)
     _assert_close(loss, loss0, 1e-12)
     one = np.asarray(1.0)
     grads0 = engine.backward(plain, res0, one, np)
@@ -254,8 +255,8 @@ def test_tiled_residuals_hold_no_matrix():
         problem = engine.prepare(lay, arrays, options=engine.make_options(), symmetric=sym,
                                  chunk_size=7, xp=np)
         _, res = engine.forward(problem, arrays, np)
-        for key, value in res.items():
-            assert value is None or value.size <= 80 * 3, key
+        for index, value in enumerate(res):
+            assert value is None or value.size <= 80 * 3, index
 
 
 # --------------------------------------------------------------------------- options
@@ -293,19 +294,6 @@ def test_similarity_layout_rejects_chunk_size():
     problem = engine.prepare("similarity", (s, np.eye(3, dtype=bool), None, None),
                              options=engine.make_options(), chunk_size="auto", xp=np)
     assert problem.chunk_size is None
-
-
-def test_auto_block_size_follows_the_budget():
-    def rows(n, m, float64=False, depth=0):
-        problem = engine.Problem("pairs", engine.make_options(), float64=float64,
-                                 chunk_size="auto")
-        return engine.block_size(problem, n, m, depth)
-
-    assert rows(65536, 65536) == engine.AUTO_BLOCK_BYTES // (65536 * 4) == 256
-    assert rows(65536, 65536, float64=True) == 128
-    assert rows(100, 100) == 100  # one block when the whole matrix fits
-    assert rows(10, 2**30) == 1  # never fewer than one row
-    assert rows(4096, 4096, depth=127) == 32  # per-row negatives: the (c, M, D) gather counts
 
 
 def _resolved(layout, arrays, kind=None, reduction="none", **kw):

@@ -106,13 +106,13 @@ def _torch_worker(rank: int, world: int, out: str) -> None:  # pragma: no cover 
     torch.set_num_threads(1)
     assert _triton.interpreting(), "TRITON_INTERPRET=1 must reach the ranks"
     launches = []
-    kernel_sums = _triton._KERNEL.sums
+    kernel_sums = _triton.KERNEL.sums
 
     def counted(*args, **kwargs):
         launches.append(1)
         return kernel_sums(*args, **kwargs)
 
-    _triton._KERNEL.sums = counted
+    _triton.KERNEL.sums = counted
     dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank,
                             world_size=world)
     group = dist.group.WORLD

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 import tfree_torch  # noqa: E402
-from tfree_torch import _api, _triton  # noqa: E402
+from tfree_torch import _triton  # noqa: E402
 from tfree_torch._static import problem_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def test_auto_on_cpu_is_the_portable_path(monkeypatch):
     def refuse(*args):
         raise AssertionError("the fused path ran for CPU tensors under kernel='auto'")
 
-    monkeypatch.setattr(_api, "apply_fused", refuse)
+    monkeypatch.setattr(_triton.TritonKernel, "sums", refuse)
     rng = _rng()
     q, k = _tensor(rng.normal(size=(6, 5))), _tensor(rng.normal(size=(6, 5)))
     auto = tfree_torch.info_nce(q, k, symmetric=True)
@@ -278,7 +278,7 @@ def test_fused_is_differentiable_once():
 def test_fused_kernel_sums_match_a_dense_reference():
     """The kernels alone, against dense sums, with M not a multiple of the column tile
     and both masks and the NT-Xent partner."""
-    from tfree_core._blocks import Tiling
+    from tfree_core.engine import Tiling
 
     rng = _rng()
     n, d, b = 70, 12, 1 - 1e-6
@@ -290,12 +290,12 @@ def test_fused_kernel_sums_match_a_dense_reference():
     keep &= torch.arange(n)[None, :] != partner[:, None]
     c = (u @ u.T).clamp(-b, b)
     ratio = torch.where(keep, (1 + c) / (1 - c), 0)
-    rows, cols = _triton._KERNEL.sums(t, b, True)
+    rows, cols = _triton.KERNEL.sums(t, b, True)
     torch.testing.assert_close(rows, ratio.sum(1), rtol=1e-13, atol=0)
     torch.testing.assert_close(cols, ratio.sum(0), rtol=1e-13, atol=0)
     a, s = _tensor(rng.random(n)), _tensor(rng.random(n))
     g = torch.where(keep, 2 / (1 - c) ** 2, 0) * (a[:, None] + s[None, :])
-    du_a, du_c = _triton._KERNEL.grads(t, b, a, s)
+    du_a, du_c = _triton.KERNEL.grads(t, b, a, s)
     torch.testing.assert_close(du_a, g @ u, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(du_c, g.T @ u, rtol=1e-12, atol=1e-12)
 
@@ -305,7 +305,7 @@ def test_fused_kernel_on_a_row_block_drops_global_indices():
     """A rank's row block (``group=``): anchors are candidates ``offset .. offset + n - 1``
     of the gathered set; the self-pair and the NT-Xent partner are global indices, in
     ``S`` (the sums and ``G·U_c``) and in ``Sᵀ`` (``Gᵀ·U_a``) alike."""
-    from tfree_core._blocks import Tiling
+    from tfree_core.engine import Tiling
 
     rng = _rng()
     n, world, rank, d, b = 10, 3, 1, 12, 1 - 1e-6
@@ -321,11 +321,11 @@ def test_fused_kernel_on_a_row_block_drops_global_indices():
     keep &= ok[offset:offset + n, None] & ok[None, :]
     c = (a @ u.T).clamp(-b, b)
     ratio = torch.where(keep, (1 + c) / (1 - c), 0)
-    rows, col_sums = _triton._KERNEL.sums(t, b, True)
+    rows, col_sums = _triton.KERNEL.sums(t, b, True)
     torch.testing.assert_close(rows, ratio.sum(1), rtol=1e-13, atol=0)
     torch.testing.assert_close(col_sums, ratio.sum(0), rtol=1e-13, atol=0)
     sa, sc = _tensor(rng.random(n)), _tensor(rng.random(m))
     g = torch.where(keep, 2 / (1 - c) ** 2, 0) * (sa[:, None] + sc[None, :])
-    du_a, du_c = _triton._KERNEL.grads(t, b, sa, sc)
+    du_a, du_c = _triton.KERNEL.grads(t, b, sa, sc)
     torch.testing.assert_close(du_a, g @ u, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(du_c, g.T @ a, rtol=1e-12, atol=1e-12)

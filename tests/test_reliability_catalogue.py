@@ -31,8 +31,8 @@ else:  # pragma: no cover
 
 import bad_inputs as bad
 
-from tfree_core import _layouts, _tiled
 from tfree_core import _validation as check
+from tfree_core import engine
 
 INSTALLED = ["core"] + [
     b for b, mod in (("torch", "torch"), ("jax", "jax"), ("tf", "tensorflow"))
@@ -65,8 +65,8 @@ def no_work(monkeypatch):
         started.append(True)
         raise AssertionError("the forward computation started before validation failed")
 
-    monkeypatch.setattr(_layouts, "_build", spy)
-    monkeypatch.setattr(_tiled, "forward", spy)
+    for spec in engine.LAYOUTS.values():  # every evaluation starts with a layout's set-up
+        monkeypatch.setattr(type(spec), "setup", spy)
     return started
 
 

@@ -1,58 +1,38 @@
-"""Row blocks of a layout: one block of ``S = U_a·U_cᵀ`` and its masks, from global indices.
+"""The blocks of one call: what a block of ``S`` and its masks are made of.
 
-A tiled evaluation (``_tiled``) never holds an N×M array. For a block of anchor rows
-``r`` (``c`` indices, the last block padded with repeats of the last row and marked dead
-by ``live``) it asks this module for
+The engine (``_evaluate``) walks the anchors in blocks of rows ``r`` (all of them at once
+when untiled; ``c`` at a time when tiled, the last block padded with repeats of the last
+row and marked dead by ``live``). For each block it asks a :class:`Tiling` for
 
-* ``S[r] = U_a[r]·U_cᵀ`` (``c × M``; per-row negatives: ``S[r]_j = ⟨u_r, n_{r,j}⟩``), and
-* the block's masks, built from the row indices, labels and ``where`` vectors exactly as
-  the untiled layouts build the whole matrix's (``_layouts._build``): ``keep`` (the
-  single-positive kernel's negatives) or ``(positive, valid)`` (the masked kernel).
+* ``S[r] = U_a[r]·U_cᵀ`` (``c × M``; per-row negatives: ``S[r]_j = ⟨u_r, n_{r,j}⟩``),
+* the block's masks, built from index vectors (``keep`` for the single-positive kernel,
+  ``(positive, valid)`` for the masked one), never from an ``N × M`` array, and
+* the block's share of the embedding gradients, ``G[r]·U_c`` and ``G[r]ᵀ·U_a[r]``.
 
-Dead rows are dropped from the masks only where they could reach a column statistic
-(``dead_rows=True``, symmetric losses); elsewhere their anchor weight is 0 and their
-outputs are sliced off, which costs nothing per element.
+Indices are global: a device of a sharded call holds anchor rows ``row_offset ..
+row_offset + n - 1`` of the global batch and *all* candidates (gathered), so "drop the
+self-pair" is ``j = row_offset + i`` and NT-Xent's partner is a candidate index. One
+device is ``row_offset = 0``.
+
+:class:`GivenMatrix` is the same interface over a similarity matrix that is an input
+(``loss_from_similarity``): one block, the matrix itself, its gradient ``G`` itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._namespace import Array, Namespace, device_of
 
+Rows = Array | None
+"""A block's global row indices, or ``None`` for "every row" (the untiled block, which
+gathers nothing)."""
 
-@dataclass(frozen=True)
-class Tiling:
-    """What the blocks of one call are made of (normalised embeddings and index vectors).
 
-    ``anchors`` ``(N, D)``; ``candidates`` ``(M, D)``, or ``(N, M, D)`` when ``per_row``.
-    ``where_rows`` / ``where_cols``: row masks applied to the block's rows / columns.
-    ``labels``: for the masked kernel, the labels of rows and columns (one vector: the
-    layouts with labels compare a set with itself). ``diagonal``: drop ``j = i``.
-    ``partner``: NT-Xent's positive ``i ± N``, dropped from the negatives.
-    ``row_offset``: the candidate index of anchor row 0 (a Python int or a 0-d integer
-    array), for a rank's row block against the gathered candidates: ``diagonal`` then
-    drops ``j = row_offset + i`` and ``partner`` holds candidate indices. Only the fused
-    kernels read it (``_fused.exclusions``); :func:`keep_mask` assumes the default 0.
-    """
-
-    anchors: Array
-    candidates: Array
-    per_row: bool = False
-    where_rows: Array | None = None
-    where_cols: Array | None = None
-    labels: Array | None = None
-    diagonal: bool = False
-    partner: Array | None = None
-    row_offset: int | Array = 0
-
-    @property
-    def n(self) -> int:
-        return int(self.anchors.shape[0])
-
-    @property
-    def m(self) -> int:
-        return int(self.candidates.shape[-2])
+def take(v: Array | None, r: Rows, xp: Namespace) -> Array | None:
+    """Rows ``r`` of ``v`` (``v`` itself for every row; ``None`` stays ``None``)."""
+    return v if v is None or r is None else xp.take(v, r, axis=0)
 
 
 def block_rows(index: object, rows: int, n: int, like: Array, xp: Namespace):
@@ -66,47 +46,165 @@ def block_rows(index: object, rows: int, n: int, like: Array, xp: Namespace):
     return idx, live
 
 
-def similarity(t: Tiling, r: Array, xp: Namespace) -> tuple[Array, Array]:
-    """``(S[r], U_a[r])``: the block of the similarity matrix and the block's anchors."""
-    a = xp.take(t.anchors, r, axis=0)
-    if t.per_row:
-        c = xp.take(t.candidates, r, axis=0)
-        return (a[:, None, :] @ xp.matrix_transpose(c))[:, 0, :], a
-    return a @ xp.matrix_transpose(t.candidates), a
-
-
 def _and(mask: Array | None, other: Array, xp: Namespace) -> Array:
     return other if mask is None else xp.logical_and(mask, other)
 
 
-def keep_mask(
-    t: Tiling, r: Array, live: Array, dead_rows: bool, xp: Namespace
-) -> Array | None:
-    """The candidates of rows ``r`` (``None``: all of them), as ``_layouts._build`` makes
-    them: no self-pair, no partner, no masked row or column, no dead row."""
-    keep = None
-    if t.diagonal or t.partner is not None:
-        cols = xp.arange(t.m, device=device_of(r))
-        if t.diagonal:
-            keep = r[:, None] != cols[None, :]
-        if t.partner is not None:
-            keep = _and(keep, cols[None, :] != xp.take(t.partner, r, axis=0)[:, None], xp)
-    if t.where_rows is not None:
-        keep = _and(keep, xp.take(t.where_rows, r, axis=0)[:, None], xp)
-    if t.where_cols is not None:
-        keep = _and(keep, t.where_cols[None, :], xp)
-    if dead_rows:
-        keep = _and(keep, live[:, None], xp)
-    return keep
+@dataclass(frozen=True)
+class Tiling:
+    """Normalised anchors against normalised candidates, and the index vectors of the masks.
+
+    ``anchors`` ``(n, D)``; ``candidates`` ``(m, D)``, or ``(n, m, D)`` when ``per_row``.
+    ``where_rows`` ``(n,)`` / ``where_cols`` ``(m,)``: row masks of the anchors and the
+    candidates. ``row_labels`` / ``col_labels``: the masked kernel's labels (positives:
+    equal labels). ``diagonal``: drop the self-pair ``j = row_offset + i``. ``partner``:
+    per anchor, a candidate index to drop (NT-Xent's other view). ``row_offset``: the
+    candidate index of anchor row 0 (a Python int, or a 0-d integer array under tracing).
+    """
+
+    anchors: Array
+    candidates: Array
+    per_row: bool = False
+    where_rows: Array | None = None
+    where_cols: Array | None = None
+    row_labels: Array | None = None
+    col_labels: Array | None = None
+    diagonal: bool = False
+    partner: Array | None = None
+    row_offset: int | Array = 0
+
+    @property
+    def n(self) -> int:
+        return int(self.anchors.shape[0])
+
+    @property
+    def m(self) -> int:
+        return int(self.candidates.shape[-2])
+
+    @property
+    def dtype(self) -> Any:
+        return self.anchors.dtype
+
+    @property
+    def like(self) -> Array:
+        """An array of the compute dtype on the call's device."""
+        return self.anchors
+
+    def anchor_rows(self, r: Rows, xp: Namespace) -> Array:
+        """``U_a[r]``."""
+        return take(self.anchors, r, xp)
+
+    def similarity(self, r: Rows, xp: Namespace) -> tuple[Array, Array]:
+        """``(S[r], U_a[r])``: the block of the similarity matrix and the block's anchors."""
+        a = self.anchor_rows(r, xp)
+        if self.per_row:
+            c = take(self.candidates, r, xp)
+            return (a[:, None, :] @ xp.matrix_transpose(c))[:, 0, :], a
+        return a @ xp.matrix_transpose(self.candidates), a
+
+    def _global_rows(self, r: Rows, xp: Namespace) -> Array:
+        rows = xp.arange(self.n, device=device_of(self.anchors)) if r is None else r
+        offset = self.row_offset
+        if isinstance(offset, int):
+            return rows + offset if offset else rows
+        return rows + xp.astype(offset, rows.dtype)
+
+    def keep(self, r: Rows, live: Array | None, dead_rows: bool, xp: Namespace) -> Array | None:
+        """The candidates of rows ``r`` (``None``: all of them): no self-pair, no partner,
+        no masked row or column, no dead row (``dead_rows``: where a dead row could reach
+        a column statistic; elsewhere its anchor weight is 0)."""
+        keep = None
+        if self.diagonal or self.partner is not None:
+            cols = xp.arange(self.m, device=device_of(self.anchors))
+            if self.diagonal:
+                keep = self._global_rows(r, xp)[:, None] != cols[None, :]
+            if self.partner is not None:
+                partner = take(self.partner, r, xp)
+                keep = _and(keep, cols[None, :] != partner[:, None], xp)
+        if self.where_rows is not None:
+            keep = _and(keep, take(self.where_rows, r, xp)[:, None], xp)
+        if self.where_cols is not None:
+            keep = _and(keep, self.where_cols[None, :], xp)
+        if dead_rows and live is not None:
+            keep = _and(keep, live[:, None], xp)
+        return keep
+
+    def masks(
+        self, r: Rows, live: Array | None, dead_rows: bool, xp: Namespace
+    ) -> tuple[Array, Array | None]:
+        """``(positive, valid)`` for the masked kernel: same label, inside ``valid``."""
+        valid = self.keep(r, live, dead_rows, xp)
+        positive = take(self.row_labels, r, xp)[:, None] == self.col_labels[None, :]
+        if valid is not None:
+            positive = xp.logical_and(positive, valid)
+        return positive, valid
+
+    def product_carry(self, xp: Namespace) -> tuple[Array, ...]:
+        """The loop's initial carry for :meth:`products`: ``Gᵀ·U_a`` summed over blocks
+        (none with per-row candidates, whose gradients are per-block outputs)."""
+        return () if self.per_row else (xp.zeros_like(self.candidates),)
+
+    def products(
+        self, g: Array, r: Rows, a: Array, carry: tuple[Array, ...], xp: Namespace
+    ) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+        """One block's share of the embedding gradients from ``G[r]``: ``dU_a[r] = G[r]·U_c``
+        (a per-block output) and ``dU_c += G[r]ᵀ·U_a[r]`` (the carry, updated in place
+        where arrays are mutable: the carry is the loop's own); with per-row candidates
+        ``dU_c[r]`` is a per-block output too."""
+        if self.per_row:
+            c = take(self.candidates, r, xp)
+            return carry, ((g[:, None, :] @ c)[:, 0, :], g[:, :, None] * a[:, None, :])
+        du_c = carry[0]
+        du_c += xp.matrix_transpose(g) @ a
+        return (du_c,), (g @ self.candidates,)
 
 
-def masks(
-    t: Tiling, r: Array, live: Array, dead_rows: bool, xp: Namespace
-) -> tuple[Array, Array | None]:
-    """``(positive, valid)`` for the masked kernel: same label, inside ``valid``."""
-    assert t.labels is not None
-    valid = keep_mask(t, r, live, dead_rows, xp)
-    positive = xp.take(t.labels, r, axis=0)[:, None] == t.labels[None, :]
-    if valid is not None:
-        positive = xp.logical_and(positive, valid)
-    return positive, valid
+@dataclass(frozen=True)
+class GivenMatrix:
+    """A similarity matrix given as an input (``n × m``, compute dtype), with its masks
+    (``positive`` inside ``valid``; ``valid`` ``None``: every entry). One block only:
+    there is nothing to tile, and ``G = ∂L/∂S`` is the gradient itself."""
+
+    matrix: Array
+    positive: Array
+    valid: Array | None
+    per_row = False
+
+    @property
+    def n(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def m(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def dtype(self) -> Any:
+        return self.matrix.dtype
+
+    @property
+    def like(self) -> Array:
+        return self.matrix
+
+    def anchor_rows(self, r: Rows, xp: Namespace) -> None:
+        return None
+
+    def similarity(self, r: Rows, xp: Namespace) -> tuple[Array, None]:
+        assert r is None, "a given matrix is one block"
+        return self.matrix, None
+
+    def masks(
+        self, r: Rows, live: Array | None, dead_rows: bool, xp: Namespace
+    ) -> tuple[Array, Array | None]:
+        return self.positive, self.valid
+
+    def product_carry(self, xp: Namespace) -> tuple[Array, ...]:
+        return ()
+
+    def products(
+        self, g: Array, r: Rows, a: Any, carry: tuple[Array, ...], xp: Namespace
+    ) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+        return carry, (g,)
+
+
+Blocks = Tiling | GivenMatrix

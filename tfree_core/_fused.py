@@ -6,12 +6,13 @@ The temperature-free map makes the softmax numerators rational and bounded (``_m
 tiles of ``S = U_a·U_cᵀ`` once, keep them in registers and write only per-row and
 per-column sums: no ``N × M`` array ever reaches memory (extra memory ``O(N + M)``).
 
-This module is the framework-free half of that path. It normalises, finishes the per-anchor
-losses from the sums, reduces, and assembles the embedding gradients exactly as the tiled
-path (``_tiled``) does; the matrix work is delegated to a backend's :class:`TileKernel`
-(Triton for PyTorch, Pallas for JAX), which needs two operations, both over the candidate
-set ``keep_ij`` given by a :class:`~tfree_core._blocks.Tiling` (no self-pair when
-``diagonal``, no partner ``j = partner_i``, ``where_rows_i`` and ``where_cols_j``):
+This module is the framework-free contract of that path: the engine (``_evaluate``, with
+``kernel=``) normalises, finishes the per-anchor losses from the sums, reduces, and
+assembles the embedding gradients exactly as for its own block loop; the matrix work is
+delegated to a backend's :class:`TileKernel` (Triton for PyTorch, Pallas for JAX), which
+needs two operations, both over the candidate set ``keep_ij`` given by a
+:class:`~tfree_core._blocks.Tiling` (no self-pair when ``diagonal``, no partner
+``j = partner_i``, ``where_rows_i`` and ``where_cols_j``):
 
 * ``sums(t, bound, columns)``: ``N_i = Σ_j keep_ij·R_ij`` and, when ``columns``,
   ``N_j = Σ_i keep_ij·R_ij`` (the column direction of a symmetric loss), one pass;
@@ -28,30 +29,24 @@ Scope: the arctanh map on the single-positive layouts with a shared candidate se
 (with or without ``symmetric`` and ``where``), NT-Xent, and explicit negatives shared by
 all rows ``(M, D)``. :func:`unsupported` names what is outside it.
 
-Distributed (:func:`sharded_forward` / :func:`sharded_backward`, ``group=``): each rank
-runs the same two kernels on its local anchor rows against the candidates gathered from
-every rank; ``_sharded`` does everything else (the collectives, global indices, the
-scaling of the returned value) exactly as for its portable block loop. The rank's rows are
-candidates ``rank·n + i`` (``Tiling.row_offset``), so the kernels drop the global
-self-pair; :func:`exclusions` gives both sides' dropped indices.
+Distributed (``group=``): each rank runs the same two kernels on its local anchor rows
+against the candidates gathered from every rank; the engine does everything else (the
+collectives, the scaling of the returned value) exactly as for its portable block loop.
+The rank's rows are candidates ``rank·n + i`` (``Tiling.row_offset``), so the kernels drop
+the global self-pair; :func:`exclusions` gives both sides' dropped indices.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from . import _sharded
 from ._blocks import Tiling
-from ._kernel import single_finish, single_scales
-from ._layouts import Problem, Residuals, _store, combine_directions, load_directions
-from ._maps import make_map
-from ._namespace import Array, Namespace, cast_like, device_of
-from ._reduce import reduce
-from ._tiled import _embedding_gradients, _setup, _tiling
-from ._tiled import residual_keys as _tiled_residual_keys
+from ._namespace import Array, Namespace, device_of
 
-__all__ = ["TileKernel", "backward", "exclusions", "forward", "residual_keys",
-           "sharded_backward", "sharded_forward", "sharded_residual_keys", "unsupported"]
+if TYPE_CHECKING:
+    from ._problem import Problem
+
+__all__ = ["TileKernel", "exclusions", "unsupported"]
 
 
 class TileKernel(Protocol):
@@ -73,17 +68,7 @@ def unsupported(problem: Problem, arrays: tuple[Array | None, ...]) -> str | Non
     if problem.options.logit_map != "arctanh":
         return (f"logit_map={problem.options.logit_map!r} (the fused kernels implement the "
                 "temperature-free map only: its bounded ratios need no running maximum)")
-    if problem.layout == "similarity":
-        return "loss_from_similarity (the similarity matrix is an input: nothing to fuse)"
-    if problem.layout == "sup_con":
-        return "sup_con (several positives per anchor; the fused kernels take one)"
-    if problem.layout == "pairs" and problem.masked:
-        return "labels (several positives per anchor; the fused kernels take one)"
-    if problem.layout == "negatives" and len(arrays[2].shape) == 3:
-        return ("per-row negatives of shape (N, M, D) (the fused kernels take negatives "
-                "shared by all rows, (M, D))")
-    return None
-
+    return problem.spec.fused_unsupported(problem, arrays)
 
 Exclusions = tuple[Array | None, Array | None]
 
@@ -126,76 +111,3 @@ def exclusions(t: Tiling, xp: Namespace) -> tuple[Exclusions, Exclusions]:
         anchors = (anchors[0], partner)
         candidates = (candidates[0], xp.where(inside, mirrored, none))
     return anchors, candidates
-
-
-def residual_keys(problem: Problem) -> tuple[str, ...]:
-    """The tiled path's residuals: normalised embeddings, norms, masks' vectors, stats."""
-    return _tiled_residual_keys(problem)
-
-
-def forward(
-    problem: Problem, arrays: tuple, xp: Namespace, kernel: TileKernel
-) -> tuple[Array, Residuals]:
-    """The loss (compute dtype) and the residuals, with the matrix work in ``kernel.sums``."""
-    res, single = _setup(problem, arrays, xp)
-    assert single is not None, "fused: single-positive layouts only (see unsupported())"
-    t = _tiling(problem, res, xp)
-    fmap = make_map(problem.options, problem.float64)
-    rows, cols = kernel.sums(t, fmap.bound, problem.symmetric)
-    s_positive, has = single
-    sums = [rows] if cols is None else [rows, cols]
-    reduction = problem.options.reduction
-    losses = []
-    for axis, negatives in zip(problem.axes, sums, strict=True):
-        # pairs: column j's positive is key j's own pair, the same s_jj and where_j
-        loss, stats = single_finish(negatives, s_positive, has, None, fmap, xp)
-        losses.append(reduce(loss, xp.astype(has, loss.dtype), reduction, xp))
-        _store(res, axis, stats)
-    loss = combine_directions(problem, losses, arrays[0].shape[0], xp)
-    return loss, {key: res.get(key) for key in residual_keys(problem)}
-
-
-def backward(
-    problem: Problem, res: Residuals, cotangent: Array, xp: Namespace, kernel: TileKernel
-) -> tuple[Array, ...]:
-    """Gradients of ``Σ cotangent · loss`` (SPEC §2), each cast to its input's dtype."""
-    t = _tiling(problem, res, xp)
-    fmap = make_map(problem.options, problem.float64)
-    directions = load_directions(problem, res, cotangent, t.anchors.dtype, xp)
-    scales, positive_grads = single_scales(directions, fmap, xp)
-    col_scale = scales[1][1] if problem.symmetric else None
-    du_a, du_c = kernel.grads(t, fmap.bound, scales[0][1], col_scale)
-    g_positive = positive_grads[0] if len(positive_grads) == 1 else (
-        positive_grads[0] + positive_grads[1])
-    grads = _embedding_gradients(problem, res, du_a, du_c, g_positive, xp)
-    return tuple(cast_like(g, dt, xp) for g, dt in zip(grads, problem.dtypes, strict=True))
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def sharded_residual_keys(problem: Problem) -> tuple[str, ...]:
-    """The residuals of :func:`sharded_forward` (``_sharded``'s; its ``"s"`` is ``None``)."""
-    return _sharded.residual_keys(problem)
-
-
-def sharded_forward(
-    problem: Problem, arrays: tuple, xp: Namespace, comm: _sharded.Collectives,
-    kernel: TileKernel,
-) -> tuple[Array, Residuals]:
-    """This rank's loss of the global batch sharded over ``comm`` (scaled as
-    ``_sharded.forward``'s: ``W·Σ_local L_i / n_global`` for ``"mean"``, ``W·Σ_local L_i``
-    for ``"sum"``, the local ``L_i`` for ``"none"``), the rows' and the rank's column sums
-    from ``kernel.sums`` on the local anchors against the gathered candidates."""
-    assert unsupported(problem, arrays) is None, unsupported(problem, arrays)
-    return _sharded.forward(problem, arrays, xp, comm, kernel=kernel)
-
-
-def sharded_backward(
-    problem: Problem, res: Residuals, cotangent: Array, xp: Namespace,
-    comm: _sharded.Collectives, kernel: TileKernel,
-) -> tuple[Array, ...]:
-    """Gradients of ``Σ_ranks cotangent·loss`` w.r.t. this rank's inputs: ``dU_a = G·U_c``
-    (local) and ``Gᵀ·U_a`` over all gathered candidates from ``kernel.grads``, the latter
-    summed over ranks and handed to their owners (``reduce_scatter``)."""
-    return _sharded.backward(problem, res, cotangent, xp, comm, kernel=kernel)

@@ -28,6 +28,7 @@ Two kernels share these formulas:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ._maps import LogitMap
 from ._namespace import Array, Namespace, scalar
@@ -53,6 +54,11 @@ class SingleStats:
     s_positive: Array  # s_p
     has_positive: Array  # bool
     shift: Array | None  # the temperature map's max-shift
+
+    WIDTH: ClassVar[int] = 4  # the fields, for the flat residuals (a plain count: tracers read it)
+
+    def values(self) -> tuple[Array | None, ...]:
+        return (self.negatives, self.s_positive, self.has_positive, self.shift)
 
 
 def single_losses(
@@ -113,22 +119,6 @@ def single_scales(
     return tuple(per_anchor), tuple(positive_grads)
 
 
-def single_gradient(
-    s: Array,
-    keep: Array | None,
-    fmap: LogitMap,
-    directions: tuple[tuple[int, SingleStats, Array], ...],
-    xp: Namespace,
-) -> tuple[Array, tuple[Array, ...]]:
-    """``(G, g_p)``: ``G = ∂(Σ_i A_i L_i)/∂S`` on the matrix (0 on dropped entries) and, per
-    direction, the gradient ``g_p`` w.r.t. each anchor's positive similarity.
-
-    ``directions`` holds ``(axis, stats, A)``; ``A`` must be 0 for anchors without a positive.
-    """
-    per_anchor, positive_grads = single_scales(directions, fmap, xp)
-    return single_weights(s, keep, fmap, per_anchor, xp), positive_grads
-
-
 def single_weights(
     s: Array, keep: Array | None, fmap: LogitMap, per_anchor: Scales, xp: Namespace,
     weight: Array | None = None,
@@ -162,6 +152,11 @@ class MaskedStats:
     positives: Array  # Q_i
     count: Array  # |P(i)|, in the compute dtype
     shift: Array | None
+
+    WIDTH: ClassVar[int] = 4
+
+    def values(self) -> tuple[Array | None, ...]:
+        return (self.negatives, self.positives, self.count, self.shift)
 
 
 def masked_losses(

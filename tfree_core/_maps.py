@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._namespace import Array, Namespace, fuses_elementwise, scalar
-from ._options import Options
+from . import _validation as check
+from ._namespace import Array, Namespace, fuses_elementwise, scalar, to_compute
+from ._options import Options, check_eps_for_dtype, make_options
 
 
 def _fresh(x: Array, s: Array, xp: Namespace) -> Array:
@@ -230,3 +231,21 @@ def make_map(options: Options, float64: bool) -> LogitMap:
     if options.logit_map == "arctanh":
         return ArctanhMap(options, float64)
     return TemperatureMap(options, float64)
+
+
+def logits(similarity: Array, eps: float, xp: Namespace) -> Array:
+    """``φ(clip(s, -b, b))`` in the compute dtype (SPEC §2.4), ``eps`` validated first."""
+    options = make_options(eps=eps)
+    check.check_floating("similarity", similarity, xp)
+    float64 = similarity.dtype == xp.float64
+    check_eps_for_dtype(options, float64)
+    bound = options.clip_bound(float64)
+    c = xp.clip(to_compute(similarity, xp), -bound, bound)
+    return xp.log1p(c) - xp.log1p(-c)
+
+
+def logit_slope(similarity: Array, eps: float, xp: Namespace) -> Array:
+    """``φ'(s) = 2/(1 - s²)`` inside ``[-b, b]`` (bounds included), 0 outside, in the
+    compute dtype: the derivative of :func:`logits` that backends register."""
+    s = to_compute(similarity, xp)
+    return ArctanhMap(make_options(eps=eps), s.dtype == xp.float64).slope(s, xp)

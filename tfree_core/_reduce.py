@@ -1,19 +1,8 @@
-"""Reductions over anchors (SPEC §2.7) and the per-anchor weights ``A_i`` of the gradient."""
+"""The per-anchor weights ``A_i`` of the gradient (SPEC §2.7's reductions)."""
 
 from __future__ import annotations
 
 from ._namespace import Array, Namespace, scalar
-
-
-def reduce(loss: Array, count: Array, reduction: str, xp: Namespace) -> Array:
-    """``mean`` over anchors with ``|P(i)| >= 1`` (0 when there are none), ``sum``, or ``none``."""
-    if reduction == "none":
-        return loss
-    total = xp.sum(loss)
-    if reduction == "sum":
-        return total
-    anchors = xp.sum(xp.astype(count > 0, loss.dtype))
-    return total / xp.maximum(anchors, scalar(1.0, anchors, xp))
 
 
 def anchor_weights(

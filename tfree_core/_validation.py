@@ -184,14 +184,9 @@ def library_root(module: str) -> str:
     return _LIBRARY_ALIASES.get(root, root)
 
 
-def library_of(x: object) -> str:
-    """The array library of ``x`` (:func:`library_root` of its type's module)."""
-    return library_root(type(x).__module__)
-
-
 def mixed_library_message(name: str, got: str, accepted: Sequence[str]) -> str:
     """The one message for an array from the wrong library, in the core and every backend
-    (``got``: a library from :func:`library_of`, or ``"Python <type>"``)."""
+    (``got``: a library from :func:`library_root`, or ``"Python <type>"``)."""
     what = f"a {got}" if got.startswith("Python ") else f"a {got} array"
     return (
         f"{name} is {what}, but this call takes {' or '.join(accepted)} arrays: all "

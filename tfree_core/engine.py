@@ -1,11 +1,21 @@
-"""The interface between the core and the framework backends.
+"""The interface between the core and the framework backends: everything a backend uses.
 
-A backend calls :func:`prepare` once per call (validation; returns the static
-:class:`Problem`), :func:`forward` for the loss and the residuals, and on the backward pass
-:func:`backward` with the residuals and the upstream cotangent. The backend holds no math
-of its own; the core holds no framework code.
+A backend never imports ``tfree_core._*``; it subclasses :class:`Runtime` (the hooks of one
+call: library checks, conversion, validation, autodiff wiring) and gets its public
+functions from :func:`build`, which are the core's, signature, defaults and docstring,
+plus its own keywords. Inside :meth:`Runtime.apply` it calls, with its array namespace:
 
-Arrays are passed positionally, per layout:
+* :func:`prepare` once per call (validation; returns the static, hashable
+  :class:`Problem`),
+* :func:`forward` for the loss and the residuals (a flat tuple of arrays and ``None``\\ s,
+  its structure a function of the ``Problem`` alone), and on the backward pass
+  :func:`backward` with the residuals and the upstream cotangent;
+* or, where :func:`fuses_gradient` holds and a backward is sure to follow,
+  :func:`value_and_grad` (the gradient in the loss's pass) and then
+  :func:`scale_gradients`.
+
+Arrays are passed positionally, per layout (``layout(name).arrays``; the leading
+``layout(name).differentiable`` get gradients):
 
 ============  ==========================================================  ==================
 layout        arrays                                                      gradients
@@ -17,250 +27,159 @@ sup_con       ``(features, labels, where | None)``                        featur
 similarity    ``(similarity, positive_mask, valid_mask | None, where)``   similarity
 ============  ==========================================================  ==================
 
-Tiled evaluation
-----------------
+Evaluation
+----------
 
-``prepare(..., chunk_size=...)`` records the evaluation strategy in the static
-``Problem`` (hashable, like everything in it):
+``prepare(..., chunk_size=...)`` resolves the strategy into ``Problem.chunk_size``:
+``None`` (untiled: one block, ``S`` kept for the backward) or rows per block (tiled: each
+block of ``S`` built, used, dropped and recomputed in the backward; no ``N × M`` array).
+``"auto"`` resolves from the static shapes and the device kind (``_strategy``); an unknown
+or symbolic size resolves to untiled, so the strategy never forces a specialisation.
 
-* ``None`` (``prepare``'s default): untiled. The whole ``N × M`` matrix ``S`` is built
-  once and kept for the backward.
-* an int ``c``: anchors are taken ``c`` rows at a time (``min(c, N)``); each block of
-  ``S`` is built, used and dropped, and recomputed in the backward. No ``N × M`` array
-  exists; extra memory ``O((N + M)·D + c·M)``; about one extra matrix product (4 instead
-  of 3). Results equal the untiled ones to round-off for any ``c``.
-* ``"auto"`` (the public functions' default): resolved by :func:`prepare` from the static
-  shapes and the kind of device into ``None`` or rows per block (``tfree_core._strategy``:
-  untiled while ``S`` takes at most 8 MiB on a CPU, 1 GiB on an accelerator; else blocks of
-  at most 8 MiB, cache-sized, on a CPU and 64 MiB on an accelerator), so a prepared
-  ``Problem`` holds ``None`` or an int. Size-dependent, but static wherever shapes are
-  (``jax.jit``, ``tf.function`` with static shapes, ``torch.compile``); a size that is
-  unknown or symbolic (``torch.compile(dynamic=True)``) resolves to ``None``, so the
-  strategy never forces a specialisation.
+``forward`` / ``backward`` take three optional plug-ins:
 
-A tiled problem has its own residuals (:func:`residual_keys`): the normalised embeddings
-and norms, ``labels`` and ``where`` (the vectors the block masks are rebuilt from; ``None``
-where a layout has none), and the per-anchor statistics of each direction. The
-similarity layout is never tiled (its matrix is an input).
+* ``loop``: the block driver (default :func:`python_loop`, a Python ``for``)::
 
-The block loop is pluggable: ``forward(..., loop=driver)`` and ``backward(...,
-loop=driver)`` take a driver (default :func:`python_loop`, a Python ``for``)::
+      driver(body, n_blocks, carry) -> (carry, stacked)
+      body(block_index, carry) -> (carry, outputs)
 
-    driver(body, n_blocks, carry) -> (carry, stacked)
-    body(block_index, carry) -> (carry, outputs)
-
-* ``n_blocks``: a Python int. ``block_index``: a Python int or a 0-d integer array
-  (a tracer is fine): the body only computes ``block_index * c + arange(c)`` with it and
-  gathers rows with ``xp.take``; no dynamic slicing, no Python control flow on it.
-* ``carry``: a tuple of arrays (possibly empty) whose shapes and dtypes never change.
-* ``outputs``: a tuple of arrays, of the same shapes for every block (the last block is
-  padded to ``c`` rows with dead rows that contribute nothing).
-* ``stacked``: a tuple with ``stacked[k]`` of shape ``(n_blocks, *outputs[k].shape)``,
-  block ``b`` at index ``b``, whatever order the driver ran them in.
-* ``body`` is pure, so a driver may trace it once. The carry only accumulates sums and
-  running maxima, so the order of the blocks matters only to round-off.
-
-This is ``jax.lax.scan``'s contract: ``lambda body, n, carry: jax.lax.scan(lambda c, i:
-body(i, c), carry, jnp.arange(n))`` is a complete JAX driver (runs under ``jit``; a
-Python loop there would be unrolled). TensorFlow: ``tf.while_loop`` over the index with
-one ``TensorArray`` per output, stacked at the end. PyTorch: the default Python driver
-(eager and ``torch.compile`` both handle a static-length loop).
+  ``n_blocks`` is a Python int; ``block_index`` a Python int or a 0-d integer array (a
+  tracer is fine: the body only computes ``block_index * c + arange(c)`` and gathers rows
+  with ``xp.take``); ``carry`` a tuple of arrays whose shapes and dtypes never change;
+  ``outputs`` a tuple of arrays of the same shapes for every block; ``stacked[k]`` of shape
+  ``(n_blocks, *outputs[k].shape)``, block ``b`` at index ``b``. ``body`` is pure. This is
+  ``jax.lax.scan``'s contract: ``lambda body, n, carry: jax.lax.scan(lambda c, i: body(i,
+  c), carry, jnp.arange(n))`` is a complete JAX driver;
+* ``comm``: :class:`Collectives` over a group of devices, each holding its rows of the
+  global batch (``group=``): the value is scaled so that its average over ranks is the
+  single-device loss (see :mod:`tfree_core._evaluate`); :func:`check_sharded` first;
+* ``kernel``: a backend's fused :class:`TileKernel` in place of the block loop, where
+  :func:`fused_unsupported` is ``None``.
 """
 
 from __future__ import annotations
 
-from . import _layouts, _sharded, _tiled, _validation
-from ._layouts import DIFFERENTIABLE, Problem, Residuals, loss_shape, validate
+from typing import Any
+
+from . import _validation
+from ._blocks import Tiling
+from ._evaluate import (
+    Body,
+    Carry,
+    Collectives,
+    Loop,
+    Residuals,
+    backward,
+    forward,
+    python_loop,
+    scale_gradients,
+    value_and_grad,
+)
+from ._fused import TileKernel, exclusions
+from ._fused import unsupported as fused_unsupported
+from ._layouts import LAYOUTS, Layout, layout
+from ._maps import logit_slope, logits
 from ._namespace import Array, Namespace
-from ._options import Options, make_options
-from ._sharded import SHARDED_LAYOUTS, Collectives
-from ._tiled import AUTO_BLOCK_BYTES, Body, Carry, Loop, block_size, python_loop
+from ._options import (
+    AUTO_CHUNK,
+    DEFAULT_EPS,
+    Options,
+    check_chunk_size,
+    clip_bound,
+    make_options,
+)
+from ._problem import Problem, fuses_gradient, loss_shape, prepare
+from ._runtime import Runtime
+from ._surface import (
+    BATCHED,
+    FUNCTIONS,
+    LOSSES,
+    SHARED,
+    Param,
+    PublicFunction,
+    Request,
+    Variant,
+    build,
+)
 
 __all__ = [
-    "AUTO_BLOCK_BYTES",
-    "DIFFERENTIABLE",
-    "SHARDED_LAYOUTS",
+    "AUTO_CHUNK",
+    "BATCHED",
+    "DEFAULT_EPS",
+    "FUNCTIONS",
+    "LAYOUTS",
+    "LOSSES",
+    "SHARED",
+    "Array",
     "Body",
     "Carry",
     "Collectives",
+    "Layout",
     "Loop",
+    "Namespace",
     "Options",
+    "Param",
     "Problem",
+    "PublicFunction",
+    "Request",
     "Residuals",
+    "Runtime",
+    "TileKernel",
+    "Tiling",
+    "Variant",
+    "array_types",
     "backward",
-    "block_size",
-    "check_negatives_conflicts",
+    "build",
+    "check_chunk_size",
+    "check_finite",
+    "check_flag",
+    "check_one_library",
     "check_sharded",
     "check_values",
+    "clip_bound",
+    "exclusions",
     "forward",
+    "fused_unsupported",
     "fuses_gradient",
+    "layout",
+    "library_error",
+    "logit_slope",
+    "logits",
     "loss_shape",
     "make_options",
+    "needs_eager_message",
     "prepare",
     "python_loop",
-    "residual_keys",
     "scale_gradients",
-    "sharded_backward",
-    "sharded_forward",
-    "sharded_residual_keys",
     "value_and_grad",
 ]
 
-
-def prepare(
-    layout: str,
-    arrays: tuple[Array | None, ...],
-    *,
-    options: Options,
-    symmetric: bool = False,
-    chunk_size: int | str | None = None,
-    device_kind: str | None = None,
-    world_size: int = 1,
-    one_pass: bool = True,
-    xp: Namespace,
-) -> Problem:
-    """Validate ``arrays`` for ``layout`` (before any computation) and return the static
-    description of the call. ``chunk_size`` (``None``, ``"auto"`` or rows per block) is
-    validated here and recorded in the ``Problem``, ``"auto"`` resolved to ``None`` or rows
-    per block (``_strategy``) for ``device_kind`` (``"cpu"`` or ``"accelerator"``; default:
-    read from the arrays' device, CPU where it is unknown, as under tracing). A sharded
-    call (``sharded_forward``) passes its ``world_size``: each device's rows then meet
-    ``world_size`` times as many candidates, which ``"auto"`` must budget for.
-    ``one_pass=False``: the backend never calls :func:`value_and_grad`, so ``"auto"``
-    budgets for the separate forward and backward even where :func:`fuses_gradient`
-    holds."""
-    return validate(
-        layout, arrays, {"options": options, "symmetric": symmetric, "chunk_size": chunk_size,
-                         "device_kind": device_kind, "world_size": world_size,
-                         "one_pass": one_pass},
-        xp,
-    )
-
-
-def residual_keys(problem: Problem) -> tuple[str, ...]:
-    """The names of the residuals of ``problem``, in order: a function of the static problem
-    only (tiled problems have their own, matrix-free set)."""
-    if problem.chunk_size is None:
-        return _layouts.residual_keys(problem)
-    return _tiled.residual_keys(problem)
-
-
-def forward(
-    problem: Problem,
-    arrays: tuple[Array | None, ...],
-    xp: Namespace,
-    check_values: bool = True,
-    *,
-    loop: Loop | None = None,
-) -> tuple[Array, Residuals]:
-    """The loss (in the compute dtype) and the residuals its analytic gradient needs.
-
-    ``loop`` drives the blocks of a tiled problem (default :func:`python_loop`); ignored
-    when ``problem.chunk_size`` is None. ``check_values`` enables the similarity layout's
-    eager value check (positives inside the valid mask).
-    """
-    if problem.chunk_size is None:
-        return _layouts.forward(problem, arrays, xp, check_values)
-    return _tiled.forward(problem, arrays, xp, loop=loop)
-
-
-check_negatives_conflicts = _validation.check_negatives_conflicts
+check_finite = _validation.check_finite
+check_flag = _validation.check_flag
+check_one_library = _validation.check_one_library
+library_error = _validation.library_error
+array_types = _validation.array_types
+needs_eager_message = _validation.needs_eager_message
 
 
 def check_values(problem: Problem, arrays: tuple[Array | None, ...], xp: Namespace) -> None:
     """The checks that need concrete values (today: the similarity layout's positives lie
-    inside its valid mask). Backends that compile the core run this eagerly, before."""
-    if problem.layout == "similarity" and arrays[2] is not None:
-        _validation.check_positive_inside_valid(arrays[1], arrays[2], xp)
+    inside its valid mask). Backends that trace the core run this eagerly, before."""
+    problem.spec.check_values(arrays, xp)
 
 
-def backward(
-    problem: Problem,
-    res: Residuals,
-    cotangent: Array,
-    xp: Namespace,
-    *,
-    loop: Loop | None = None,
-) -> tuple[Array, ...]:
-    """Gradients of ``Σ cotangent · loss`` w.r.t. the differentiable inputs (SPEC §2), each
-    cast to its input's dtype; ``loop`` as in :func:`forward`."""
-    if problem.chunk_size is None:
-        return _layouts.backward(problem, res, cotangent, xp)
-    return _tiled.backward(problem, res, cotangent, xp, loop=loop)
-
-
-# ------------------------------------------------------------ gradient in the forward
-
-fuses_gradient = _tiled.fuses_gradient
-"""``fuses_gradient(problem)``: whether :func:`value_and_grad` applies (one direction, a
-scalar reduction, not the similarity layout)."""
-
-
-def value_and_grad(
-    problem: Problem,
-    arrays: tuple[Array | None, ...],
-    xp: Namespace,
-    *,
-    loop: Loop | None = None,
-) -> tuple[Array, tuple[Array, ...]]:
-    """The loss and, in the same pass over the blocks of ``S``, its gradients for a unit
-    cotangent (compute dtype): three matrix products, each block used while in cache,
-    no ``N × M`` residual. For a backend whose forward knows that a backward will follow
-    (an autograd tape with inputs that require grad, ``custom_vjp``'s forward rule); the
-    backward is then :func:`scale_gradients`. Only where :func:`fuses_gradient` holds."""
-    return _tiled.value_and_grad(problem, arrays, xp, loop=loop)
-
-
-def scale_gradients(
-    problem: Problem, grads: tuple[Array, ...], cotangent: Array, xp: Namespace
-) -> tuple[Array, ...]:
-    """The backward after :func:`value_and_grad`: ``cotangent · grads``, each cast to its
-    input's dtype."""
-    return _tiled.scale_gradients(problem, grads, cotangent, xp)
-
-
-# --------------------------------------------------------------------------- distributed
-
-check_sharded = _sharded.check_sharded
-"""``check_sharded(problem, world_size)``: ``ValueError`` for a layout without a global
-batch (explicit negatives, the similarity level) or a world size that is not a positive
-int. Backends call it after :func:`prepare`, before any collective."""
-
-
-def sharded_residual_keys(problem: Problem) -> tuple[str, ...]:
-    """The residual names of :func:`sharded_forward` (static, like :func:`residual_keys`)."""
-    return _sharded.residual_keys(problem)
-
-
-def sharded_forward(
-    problem: Problem,
-    arrays: tuple[Array | None, ...],
-    xp: Namespace,
-    comm: Collectives,
-    *,
-    loop: Loop | None = None,
-) -> tuple[Array, Residuals]:
-    """Data-parallel forward: this rank's share of the loss of the global batch (the
-    ranks' inputs concatenated in rank order) and its residuals.
-
-    ``comm`` supplies ``world_size``, ``rank``, ``all_gather``, ``all_reduce_sum``,
-    ``all_reduce_max`` and ``reduce_scatter_sum`` (:class:`Collectives`). The value is
-    scaled so that its average over ranks is the single-device loss ("mean": ``W·Σ_local
-    L_i / n_global``, "sum": ``W·Σ_local L_i``, "none": the local anchors' ``L_i``);
-    ``chunk_size`` tiles the local rows with ``loop`` as in :func:`forward`.
-    """
-    return _sharded.forward(problem, arrays, xp, comm, loop=loop)
-
-
-def sharded_backward(
-    problem: Problem,
-    res: Residuals,
-    cotangent: Array,
-    xp: Namespace,
-    comm: Collectives,
-    *,
-    loop: Loop | None = None,
-) -> tuple[Array, ...]:
-    """Gradients of ``Σ_ranks cotangent·loss`` w.r.t. this rank's inputs: every rank calls
-    it (collectives inside); averaged over ranks, they give the single-device gradient."""
-    return _sharded.backward(problem, res, cotangent, xp, comm, loop=loop)
+def check_sharded(problem: Problem, world_size: Any) -> None:
+    """``ValueError`` for a layout without a global batch (explicit negatives, the
+    similarity level), ``TypeError`` / ``ValueError`` for a world size that is not a
+    positive Python int. Backends call it after :func:`prepare`, before any collective."""
+    spec = problem.spec
+    if not spec.shardable:
+        raise ValueError(
+            f"{spec.function} has no global batch to shard: distributed evaluation "
+            "(group=) supports info_nce (pairs, with or without labels, symmetric or not), "
+            f"nt_xent and sup_con; got layout {problem.layout!r}"
+        )
+    if isinstance(world_size, bool) or not isinstance(world_size, int):
+        raise TypeError(f"world_size must be a Python int; got {type(world_size).__name__}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1; got {world_size}")

@@ -2,16 +2,16 @@
 
 Two kernels, each one sweep over tiles of ``S = U_a·U_cᵀ`` computed in the compute dtype
 (float32, or float64 for float64 inputs; matrix products at ``Precision.HIGHEST``, IEEE
-float32 on GPUs, no TF32), never an ``N × M`` array in memory (``tfree_core._fused`` has the
-formulas and the driver that normalises, clips the positives, reduces and goes back
-through the normalisation):
+float32 on GPUs, no TF32), never an ``N × M`` array in memory (``engine.TileKernel`` states
+the formulas; the engine normalises, clips the positives, reduces and goes back through
+the normalisation):
 
 * :func:`_sums_kernel`: per block of rows of ``X``, stream the tiles of ``Y`` and
   accumulate ``N_x = Σ_y keep_xy·(1+c)/(1-c)``, ``c = clip(⟨X_x, Y_y⟩, -b, b)``: the
   bounded ratios need no running maximum and no ``exp``/``log``/``atanh`` per element.
   The row sums are one launch (``X = U_a``, ``Y = U_c``); the column sums of a symmetric
   loss a second one with the roles swapped (each side drops the other side's indices
-  given by ``tfree_core._fused.exclusions``, so both launches see the same candidates).
+  given by ``engine.exclusions``, so both launches see the same candidates).
   Two launches
   instead of one with atomic column updates: no atomics, so the sums are deterministic
   and the kernel is the same in the interpreter and on a GPU.
@@ -27,8 +27,8 @@ least 16); padded rows are masked out. Extra memory ``O((N + M)·D)`` for the pa
 copies, ``O(N + M)`` besides.
 
 Distributed (``group=``, ``_distributed``): each device launches the same kernels on its
-local anchor rows against the gathered candidates (``tfree_core._fused.sharded_forward``;
-global self-pair and partner indices through ``Tiling.row_offset``).
+local anchor rows against the gathered candidates (global self-pair and partner indices
+through ``Tiling.row_offset``).
 
 On a CPU the same kernels run in Pallas' interpreter (``interpret=True``): slow, meant
 for tests. Float32 division on a GPU is Triton's (at most 2 ulp), well inside the float32
@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tfree_core import _fused, engine
-from tfree_core._blocks import Tiling
+from tfree_core import engine
+from tfree_core.engine import Tiling
 
-__all__ = ["KERNELS", "check_kernel", "fused_loss", "interpret_on", "use_fused"]
+__all__ = ["KERNELS", "PallasKernel", "check_kernel", "interpret_on", "use_fused"]
 
 Array = jax.Array
 
@@ -87,7 +88,7 @@ def use_fused(kernel: str, problem: engine.Problem, arrays: tuple[Array | None, 
     check_kernel(kernel)
     if kernel == "portable":
         return False
-    reason = _fused.unsupported(problem, arrays)
+    reason = engine.fused_unsupported(problem, arrays)
     if kernel == "auto":
         return AUTO_SELECTS_FUSED and platform == "gpu" and reason is None and group is None
     if reason is not None:
@@ -197,7 +198,7 @@ def _pad_rows(v: Array, rows: int, value: Any) -> Array:
 def _side(u: Array, ok: Array | None, ex: tuple[Array | None, Array | None], rows: int,
           dp: int):
     """One side of a launch, padded: embeddings ``(rows, dp)``, validity and the two
-    exclusion vectors ``(rows,)`` as int32 (``tfree_core._fused.exclusions``; padded rows
+    exclusion vectors ``(rows,)`` as int32 (``engine.exclusions``; padded rows
     invalid, no exclusions)."""
     n = u.shape[0]
     u = jnp.pad(u, ((0, rows - n), (0, dp - u.shape[1])))
@@ -253,11 +254,12 @@ def _varying_over(operands: tuple[Array, ...]) -> Any:
     return jax.sharding.ManualAxisType(varying=varying)
 
 
+@dataclass(frozen=True)
 class PallasKernel:
-    """``tfree_core._fused.TileKernel`` on JAX arrays (see the module docstring)."""
+    """``engine.TileKernel`` on JAX arrays (see the module docstring); ``interpret``: in
+    Pallas' interpreter (a CPU). Hashable: a static argument of the loss."""
 
-    def __init__(self, interpret: bool) -> None:
-        self.interpret = interpret
+    interpret: bool
 
     def _sides(self, t: Tiling):
         n, m, d = t.anchors.shape[0], t.candidates.shape[0], t.anchors.shape[1]
@@ -265,7 +267,7 @@ class PallasKernel:
         # one block size per side: each side is X of one launch and Y of the other
         block = max(block_m, block_n)
         rows_a, rows_c = -(-n // block) * block, -(-m // block) * block
-        ex_rows, ex_cols = _fused.exclusions(t, jnp)
+        ex_rows, ex_cols = engine.exclusions(t, jnp)
         a = _side(t.anchors, t.where_rows, ex_rows, rows_a, dp)
         c = _side(t.candidates, t.where_cols, ex_cols, rows_c, dp)
         return a, c, (block_m, block_n), (n, m)
@@ -291,41 +293,3 @@ class PallasKernel:
         du_a = run(a, c, (sa, sc), out_shape=a[0].shape)[:n, :d]
         du_c = run(c, a, (sc, sa), out_shape=c[0].shape)[:m, :d]
         return du_a, du_c
-
-
-# --------------------------------------------------------------------------- custom_vjp
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _forward(problem: engine.Problem, interpret: bool, arrays: tuple[Array | None, ...]):
-    with jax.default_matmul_precision("highest"):
-        return _fused.forward(problem, arrays, jnp, PallasKernel(interpret))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _backward(problem: engine.Problem, interpret: bool, residuals, cotangent: Array):
-    with jax.default_matmul_precision("highest"):
-        return _fused.backward(problem, residuals, cotangent, jnp, PallasKernel(interpret))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def fused_loss(problem: engine.Problem, interpret: bool, *arrays: Array | None) -> Array:
-    """``L(arrays)`` of ``problem`` through the Pallas kernels (``tfree_core._fused``); the
-    VJP is ``_fused.backward``, the analytic gradient of SPEC §2. ``interpret``: run the
-    kernels in Pallas' interpreter (CPU)."""
-    return _forward(problem, interpret, arrays)[0]
-
-
-def _fused_fwd(problem: engine.Problem, interpret: bool, *arrays: Array | None):
-    loss, residuals = _forward(problem, interpret, arrays)
-    return loss, (residuals, len(arrays))
-
-
-def _fused_bwd(problem: engine.Problem, interpret: bool, saved, cotangent: Array):
-    residuals, n_arrays = saved
-    grads = _backward(problem, interpret, residuals, cotangent)
-    # labels, masks and absent (None) arguments get a None (zero) cotangent
-    return (*grads, *([None] * (n_arrays - len(grads))))
-
-
-fused_loss.defvjp(_fused_fwd, _fused_bwd)

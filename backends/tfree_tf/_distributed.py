@@ -4,7 +4,8 @@ with a replica context): the ``group=`` keyword of the public functions.
 Inside ``strategy.run``, each replica passes its local rows and ``group=True`` (the current
 replica context) or a ``tf.distribute.ReplicaContext``. The loss gathers the candidates
 over the replicas (``ReplicaContext.all_gather``), evaluates its own anchors' rows
-(``tfree_core._sharded``), adds per-anchor statistics with ``all_reduce(SUM)``, and its
+(``engine.forward`` with these :class:`TFCollectives`), adds per-anchor statistics with
+``all_reduce(SUM)``, and its
 ``tf.custom_gradient`` returns the local inputs' gradients, the candidate gradients summed
 over replicas and sliced back to their owner (TensorFlow has no reduce-scatter in the
 replica context: an all-reduce and a slice).
@@ -21,15 +22,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfree_core import engine
-
-from . import _xp as xp
-
-__all__ = ["TFCollectives", "distributed_loss"]
+__all__ = ["TFCollectives", "replica_context", "world_size"]
 
 
 class TFCollectives:
-    """``tfree_core.engine.Collectives`` over the replicas of a ``ReplicaContext``."""
+    """``engine.Collectives`` over the replicas of a ``ReplicaContext``."""
 
     def __init__(self, context: tf.distribute.ReplicaContext) -> None:
         self.context = context
@@ -55,7 +52,7 @@ class TFCollectives:
         return tf.gather(blocks, tf.cast(self.rank, tf.int32), axis=0)
 
 
-def _context(group: Any) -> tf.distribute.ReplicaContext:
+def replica_context(group: Any) -> tf.distribute.ReplicaContext:
     context = tf.distribute.get_replica_context() if group is True else group
     if context is None:
         raise ValueError(
@@ -72,45 +69,8 @@ def _context(group: Any) -> tf.distribute.ReplicaContext:
 
 def world_size(group: Any) -> int:
     """The number of replicas of ``group``, or 1 where it names no replica context:
-    :func:`distributed_loss` then raises, after the inputs have been validated."""
+    :func:`replica_context` then raises, after the inputs have been validated."""
     try:
-        return int(_context(group).num_replicas_in_sync)
+        return int(replica_context(group).num_replicas_in_sync)
     except (TypeError, ValueError):
         return 1
-
-
-@tf.autograph.experimental.do_not_convert
-def _forward(problem, arrays, comm):
-    from ._losses import _loop
-
-    return engine.sharded_forward(problem, arrays, xp, comm, loop=_loop)
-
-
-@tf.autograph.experimental.do_not_convert
-def _backward(problem, res, cotangent, comm):
-    from ._losses import _loop
-
-    return engine.sharded_backward(problem, res, cotangent, xp, comm, loop=_loop)
-
-
-def distributed_loss(
-    problem: engine.Problem, arrays: tuple[tf.Tensor | None, ...], group: Any
-) -> tf.Tensor:
-    """The loss of ``problem`` sharded over the replicas of ``group`` (validated here,
-    before any collective)."""
-    comm = TFCollectives(_context(group))
-    engine.check_sharded(problem, comm.world_size)
-    count = len(engine.DIFFERENTIABLE[problem.layout])
-    rest = arrays[count:]
-
-    @tf.custom_gradient
-    def loss_with_analytic_gradient(*differentiable: tf.Tensor):
-        local = (*(tf.stop_gradient(x) for x in differentiable), *rest)
-        loss, res = _forward(problem, local, comm)
-
-        def gradient(cotangent: tf.Tensor) -> tuple[tf.Tensor, ...]:
-            return _backward(problem, res, cotangent, comm)
-
-        return loss, gradient
-
-    return loss_with_analytic_gradient(*arrays[:count])  # positionally (see _losses)

@@ -9,10 +9,10 @@ import keras
 import tensorflow as tf
 
 from tfree_core import DEFAULT_EPS, engine
-from tfree_core._options import check_chunk_size
-from tfree_core._validation import check_flag
 
-from ._losses import Tensor, info_nce, nt_xent, sup_con
+from ._public import info_nce, nt_xent, sup_con
+
+Tensor = tf.Tensor
 
 __all__ = ["TemperatureFreeLoss"]
 
@@ -124,8 +124,8 @@ class TemperatureFreeLoss(keras.losses.Loss):
         self.logit_map = logit_map
         self.temperature = temperature
         self.eps = eps
-        self.chunk_size = check_chunk_size(chunk_size)
-        check_flag("check_finite", check_finite)
+        self.chunk_size = engine.check_chunk_size(chunk_size)
+        engine.check_flag("check_finite", check_finite)
         self.check_finite = bool(check_finite)
         self.max_batch_size = max_batch_size
         self._dtype_argument = dtype

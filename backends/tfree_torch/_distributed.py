@@ -3,8 +3,9 @@ functions.
 
 Each rank passes its local embeddings; the loss gathers the candidates over the process
 group (NCCL on GPUs, Gloo on CPUs), evaluates the rows of its own anchors against them
-(``tfree_core._sharded``) and, on the backward, returns exact gradients for the local
-inputs (the candidate gradients of every rank summed and scattered back to their owner).
+(``engine.forward`` with these :class:`TorchCollectives`) and, on the backward, returns
+exact gradients for the local inputs (the candidate gradients of every rank summed and
+scattered back to their owner).
 
 The value on each rank is scaled so that the *average over ranks* is the single-device
 loss on the concatenated batch (ranks in group-rank order), and each rank's gradient is
@@ -12,9 +13,8 @@ loss on the concatenated batch (ranks in group-rank order), and each rank's grad
 ``DistributedDataParallel`` does, gives exactly the single-device gradient.
 
 With ``kernel="fused"`` each rank runs the Triton kernels (``_triton``) on its local anchor
-rows against the gathered candidates (``tfree_core._fused.sharded_forward``): same
-collectives, same values, no ``n × W·n`` array. ``kernel="auto"`` stays on the portable
-block loop here.
+rows against the gathered candidates: same collectives, same values, no ``n × W·n``
+array. ``kernel="auto"`` stays on the portable block loop here.
 """
 
 from __future__ import annotations
@@ -24,17 +24,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tfree_core import _fused, engine
-
-from ._function import guarded
-from ._namespace import xp
-from ._triton import _KERNEL, TritonKernel, use_fused
-
-__all__ = ["TorchCollectives", "apply_distributed", "check_group"]
+__all__ = ["TorchCollectives", "check_group", "world_size"]
 
 
 class TorchCollectives:
-    """``tfree_core.engine.Collectives`` over one ``torch.distributed`` process group.
+    """``engine.Collectives`` over one ``torch.distributed`` process group.
 
     ``reduce_scatter_sum`` is ``reduce_scatter_tensor`` on NCCL; Gloo has no
     reduce-scatter, so there it is an ``all_reduce`` followed by this rank's slice (twice
@@ -113,64 +107,3 @@ def check_group(group: Any) -> None:
             "tfree_torch: group= runs eagerly (it calls torch.distributed collectives in "
             "the forward and the backward); call the loss outside torch.compile"
         )
-
-
-class DistributedLossFunction(torch.autograd.Function):
-    """This rank's share of the global loss (``engine.sharded_forward``, or with a
-    ``kernel`` ``_fused.sharded_forward``); its backward, run by every rank, is the
-    matching ``sharded_backward`` (collectives included)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        problem: engine.Problem,
-        comm: TorchCollectives,
-        kernel: TritonKernel | None,
-        *arrays: torch.Tensor | None,
-    ) -> torch.Tensor:
-        first = arrays[0]
-        assert first is not None
-        kind = first.device.type if first.device.type in ("cuda", "cpu") else "cpu"
-        with torch.autocast(kind, enabled=False):
-            if kernel is None:
-                loss, res = engine.sharded_forward(problem, arrays, xp, comm)
-                keys = engine.sharded_residual_keys(problem)
-            else:
-                loss, res = _fused.sharded_forward(problem, arrays, xp, comm, kernel)
-                keys = _fused.sharded_residual_keys(problem)
-        count = len(engine.DIFFERENTIABLE[problem.layout])
-        ctx.save_for_backward(*(res[k] for k in keys), *arrays[:count])
-        ctx.problem, ctx.comm, ctx.keys, ctx.kind = problem, comm, keys, kind
-        ctx.kernel = kernel
-        ctx.n_arrays = len(arrays)
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        saved = ctx.saved_tensors
-        n_keys = len(ctx.keys)
-        res = dict(zip(ctx.keys, saved[:n_keys], strict=True))
-        create_graph = torch.is_grad_enabled()
-        with torch.no_grad(), torch.autocast(ctx.kind, enabled=False):
-            if ctx.kernel is None:
-                grads = engine.sharded_backward(ctx.problem, res, cotangent, xp, ctx.comm)
-            else:
-                grads = _fused.sharded_backward(ctx.problem, res, cotangent, xp, ctx.comm,
-                                                ctx.kernel)
-        # double backward raises, as for the single-device loss
-        return (None, None, None, *guarded(grads, saved[n_keys:], create_graph, ctx.n_arrays))
-
-
-def apply_distributed(
-    problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...], group: Any,
-    kernel: str = "auto",
-) -> torch.Tensor:
-    """The loss of ``problem`` sharded over ``group`` (validated here, before any
-    collective). ``kernel="fused"``: each rank runs the Triton kernels (``ValueError``
-    naming what prevents it, as on one device); ``"auto"`` and ``"portable"``: the
-    portable block loop."""
-    check_group(group)
-    comm = TorchCollectives(group)
-    engine.check_sharded(problem, comm.world_size)
-    fused = kernel == "fused" and use_fused(kernel, problem, arrays)
-    return DistributedLossFunction.apply(problem, comm, _KERNEL if fused else None, *arrays)

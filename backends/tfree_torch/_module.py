@@ -5,16 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tfree_core import DEFAULT_EPS
-from tfree_core._options import check_chunk_size
-from tfree_core._validation import check_flag
+from tfree_core import DEFAULT_EPS, engine
 
-from ._api import info_nce, loss_from_similarity, nt_xent, sup_con
+from ._public import info_nce, loss_from_similarity, nt_xent, sup_con
 from ._static import options_for
 
 __all__ = ["LAYOUTS", "TemperatureFreeLoss"]
 
-LAYOUTS = ("info_nce", "nt_xent", "sup_con", "similarity")
+_FUNCTIONS = {"info_nce": info_nce, "nt_xent": nt_xent, "sup_con": sup_con,
+              "similarity": loss_from_similarity}
+LAYOUTS = tuple(_FUNCTIONS)
+"""The module's layouts: the public function each one calls (``"similarity"``:
+``loss_from_similarity``)."""
+_SURFACE = {f.name: f for f in engine.FUNCTIONS}
 
 Tensor = torch.Tensor
 
@@ -56,12 +59,13 @@ class TemperatureFreeLoss(nn.Module):
         check_finite: bool = False,
     ) -> None:
         super().__init__()
-        check_flag("check_finite", check_finite)
+        engine.check_flag("check_finite", check_finite)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
         if not isinstance(symmetric, bool):
             raise TypeError(f"symmetric must be a bool; got {type(symmetric).__name__}")
-        if symmetric and layout != "info_nce":
+        surface = _SURFACE[_FUNCTIONS[layout].__name__]
+        if symmetric and not any(p.name == "symmetric" for p in surface.keywords):
             raise ValueError(f"symmetric=True needs layout='info_nce'; got layout={layout!r}")
         options = options_for(logit_map, temperature, eps, reduction)
         self.layout = layout
@@ -70,10 +74,10 @@ class TemperatureFreeLoss(nn.Module):
         self.temperature = options.temperature
         self.eps = options.eps
         self.reduction = options.reduction
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.chunk_size = engine.check_chunk_size(chunk_size)
         self.check_finite = bool(check_finite)
-        if layout == "similarity" and self.chunk_size not in (None, "auto"):
-            raise ValueError("chunk_size does not apply to layout='similarity' (the matrix is "
+        if not surface.tileable and self.chunk_size not in (None, engine.AUTO_CHUNK):
+            raise ValueError(f"chunk_size does not apply to layout={layout!r} (the matrix is "
                              f"an input); got chunk_size={chunk_size!r}")
 
     def _options(self) -> dict:
@@ -97,30 +101,30 @@ class TemperatureFreeLoss(nn.Module):
         where: Tensor | None = None,
     ) -> Tensor:
         """The loss of the configured layout (see the class docstring for the arguments)."""
-        layout = self.layout
-        if layout != "info_nce" and negatives is not None:
-            raise TypeError(f"negatives are only accepted by layout='info_nce'; got {layout!r}")
-        if layout != "similarity" and valid_mask is not None:
-            raise TypeError(f"valid_mask is only accepted by layout='similarity'; got {layout!r}")
-        if layout in ("nt_xent", "similarity") and labels is not None:
-            raise TypeError(f"labels are not accepted by layout={layout!r}")
-        if layout == "sup_con":
-            if other is not None and labels is not None:
-                raise TypeError("sup_con takes labels once: positionally or as labels=, not both")
-            labels = other if other is not None else labels
-            if labels is None:
-                raise TypeError("layout='sup_con' needs labels: loss(features, labels)")
-            return sup_con(input, labels, where=where, **self._options())
+        function = _FUNCTIONS[self.layout]
+        surface = _SURFACE[function.__name__]
+        first, second = (p.name for p in surface.positional)
+        accepted = {p.name for p in surface.keywords}
+        given = {"labels": labels, "negatives": negatives, "valid_mask": valid_mask}
+        if second in given:  # sup_con: labels positionally or as labels=
+            if other is not None and given[second] is not None:
+                raise TypeError(f"{self.layout} takes {second} once: positionally or as "
+                                f"{second}=, not both")
+            if other is None:
+                other = given[second]
+            given[second] = None
         if other is None:
-            second = "positive_mask" if layout == "similarity" else "a second embedding tensor"
-            raise TypeError(f"layout={layout!r} needs {second}")
-        if layout == "info_nce":
-            return info_nce(input, other, negatives=negatives, labels=labels,
-                            symmetric=self.symmetric, where=where, **self._options())
-        if layout == "nt_xent":
-            return nt_xent(input, other, where=where, **self._options())
-        return loss_from_similarity(input, other, valid_mask=valid_mask, where=where,
-                                    **self._options())
+            raise TypeError(f"layout={self.layout!r} needs a second argument, {second}: "
+                            f"loss({first}, {second})")
+        for name, value in given.items():
+            if value is not None and name not in accepted:
+                takes = ", ".join(sorted(accepted & set(given))) or "none of them"
+                raise TypeError(f"{name} is not accepted by layout={self.layout!r} (of "
+                                f"labels, negatives and valid_mask it takes {takes})")
+        keywords = {name: value for name, value in given.items() if name in accepted}
+        if "symmetric" in accepted:
+            keywords["symmetric"] = self.symmetric
+        return function(input, other, where=where, **keywords, **self._options())
 
     def extra_repr(self) -> str:
         parts = [f"layout={self.layout!r}"]

@@ -12,8 +12,8 @@ a graph break). So:
 * while compiling, the ``Problem`` comes from :func:`torch.compiler.assume_constant_result`
   over a description of the inputs (rank, dtype, device; sizes ``None``, which the core's
   checks treat as unknown), so Dynamo runs the core's validation at trace time and bakes
-  the result into the graph; the sizes are then checked by :func:`_size_problem` in the
-  traced code, where they may be symbolic (dynamic shapes).
+  the result into the graph; the sizes are then checked by the layout's ``sizes_agree``
+  in the traced code, where they may be symbolic (dynamic shapes).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from tfree_core import engine
-from tfree_core._options import Options, clip_bound
+from tfree_core.engine import Options, clip_bound
 
 from ._namespace import xp
 
@@ -163,67 +163,13 @@ def _rebuild(flat: tuple[tuple[str, Any], ...]) -> engine.Problem:
     return engine.Problem(**kwargs)
 
 
-def _spec_shape(layout: str, index: int, t: torch.Tensor) -> tuple[int | None, ...]:
-    """Sizes are left unknown (``None``: they may be symbolic, and :func:`_size_problem`
-    checks them in the graph), except SupCon's number of views, which is static."""
-    if layout == "sup_con" and index == 0 and t.ndim == 3:
-        return (None, int(t.shape[1]), None)
-    return (None,) * t.ndim
+def _spec_shape(spec: engine.Layout, index: int, t: torch.Tensor) -> tuple[int | None, ...]:
+    """Sizes are left unknown (``None``: they may be symbolic, and ``sizes_agree`` checks
+    them in the graph), except those that shape the computation (SupCon's views)."""
+    return tuple(int(t.shape[axis]) if (index, axis) in spec.static_sizes else None
+                 for axis in range(t.ndim))
 
 
-def _size_error(name: str, t: torch.Tensor, expected: str) -> ValueError:
-    return ValueError(f"{name} must have shape {expected}; got shape {tuple(t.shape)}")
-
-
-def _size_problem(layout: str, arrays: tuple[torch.Tensor | None, ...]) -> ValueError | None:
-    """The size checks of ``engine.prepare`` (run there with the sizes unknown), written as
-    plain conditions that Dynamo turns into guards, also for symbolic sizes. Returns the
-    error for symbolic sizes (:func:`_raise_core_error` gives the core's own when the
-    sizes are static), or ``None``."""
-    first = arrays[0]
-    assert first is not None
-    n = first.shape[0]
-    for axis in range(first.ndim):
-        if first.shape[axis] == 0:
-            return ValueError(f"{layout}: the first input must not be empty; got shape "
-                              f"{tuple(first.shape)}")
-    names = _INPUT_NAMES[layout]
-    if layout in ("pairs", "negatives", "nt_xent"):
-        second = arrays[1]
-        assert second is not None
-        if second.shape[0] != n or second.shape[1] != first.shape[1]:
-            return _size_error(names[1], second, f"{tuple(first.shape)} like {names[0]}")
-    if layout == "negatives":
-        negatives = arrays[2]
-        assert negatives is not None
-        if negatives.shape[-1] != first.shape[1] or negatives.shape[-2] == 0:
-            return _size_error("negatives", negatives, "(M, D) or (N, M, D) with query's D")
-        if negatives.ndim == 3 and negatives.shape[0] != n:
-            return _size_error("negatives", negatives, "(N, M, D) with query's N")
-    if layout in ("pairs", "sup_con") and arrays[-2] is not None:
-        labels = arrays[-2]
-        assert labels is not None
-        if labels.shape[0] != n:
-            return _size_error("labels", labels, f"(N,) with N = {n}")
-    if layout == "similarity":
-        for name, mask in (("positive_mask", arrays[1]), ("valid_mask", arrays[2])):
-            if mask is not None and (
-                mask.shape[0] != n or mask.shape[1] != first.shape[1]
-            ):
-                return _size_error(name, mask, f"{tuple(first.shape)} like similarity")
-    where = arrays[-1]
-    if where is not None and where.shape[0] != n:
-        return _size_error("where", where, f"(N,) with N = {n}")
-    return None
-
-
-_INPUT_NAMES: dict[str, tuple[str, ...]] = {
-    "pairs": ("query", "key"),
-    "negatives": ("query", "key"),
-    "nt_xent": ("z1", "z2"),
-    "sup_con": ("features",),
-    "similarity": ("similarity",),
-}
 _ERRORS = {"TypeError": TypeError, "ValueError": ValueError}
 
 
@@ -231,11 +177,9 @@ def _raise_core_error(
     args: tuple[Any, ...],
     arrays: tuple[torch.Tensor | None, ...],
     flat: tuple[tuple[str, Any], ...],
-    size_error: ValueError | None,
 ) -> None:
     """Validation failed while compiling: validate again with the sizes and raise the
-    core's own error, so that ``torch.compile`` reports the eager type and message
-    (:func:`_size_problem`'s error only if the core finds none)."""
+    core's own error, so that ``torch.compile`` reports the eager type and message."""
     # int(f"{d}"): a symbolic size read as a constant. Dynamo formats the size it traces
     # with (specialising on it; the call is about to fail anyway), where int(d) would stay
     # symbolic and could not be handed to an assume_constant_result function.
@@ -249,8 +193,8 @@ def _raise_core_error(
     if flat[0][0] == "error":
         kind, message = flat[0][1]
         raise _ERRORS[kind](message)
-    assert size_error is not None
-    raise size_error
+    shapes = ", ".join(str(tuple(a.shape)) for a in arrays if a is not None)
+    raise ValueError(f"{args[0]}: the input sizes do not fit together; got shapes {shapes}")
 
 
 def problem_for(
@@ -268,18 +212,17 @@ def problem_for(
     """Validate a call (``ValueError`` / ``TypeError`` as the core raises them) and return
     its static ``Problem`` (``world_size``: of a sharded call, which runs eagerly only)."""
     if torch.compiler.is_compiling():
+        spec = engine.layout(layout)
         specs = tuple(
-            None if a is None else (_spec_shape(layout, i, a), a.dtype, a.device)
+            None if a is None else (_spec_shape(spec, i, a), a.dtype, a.device)
             for i, a in enumerate(arrays)
         )
         options = (logit_map, temperature, eps, reduction)
         args = (layout, symmetric, tuple(_encode(v) for v in options), _encode_int(chunk_size))
         flat = _constant_problem(*args, specs)
-        if flat[0][0] == "error":  # ranks, dtypes, options: before reading any size
-            _raise_core_error(args, arrays, flat, None)
-        size_error = _size_problem(layout, arrays)
-        if size_error is not None:
-            _raise_core_error(args, arrays, flat, size_error)
+        if flat[0][0] == "error" or not spec.sizes_agree(arrays):  # ranks, dtypes, options
+            # before any size, then the sizes
+            _raise_core_error(args, arrays, flat)
         return _rebuild(flat)
     options = options_for(logit_map, temperature, eps, reduction)
     return engine.prepare(layout, arrays, options=options, symmetric=symmetric,

@@ -2,7 +2,8 @@
 
 Two kernels, each one pass over tiles of ``S = U_a·U_cᵀ`` held in registers (float32, or
 float64 for float64 inputs; matrix products at IEEE precision, no TF32), never an
-``N × M`` array in memory (``tfree_core._fused`` has the formulas and the driver):
+``N × M`` array in memory (``engine.TileKernel`` states the formulas; the engine drives
+them):
 
 * :func:`_sums_kernel`: per block of anchor rows, stream the candidate tiles and
   accumulate ``N_i = Σ_j keep_ij·(1+c)/(1-c)`` (``c = clip(S_ij, -b, b)``), and for a
@@ -11,12 +12,12 @@ float64 for float64 inputs; matrix products at IEEE precision, no TF32), never a
 * :func:`_grad_kernel`: ``out_x = Σ_y (s_x + t_y)·keep_xy·2/(1-c_xy)²·Y_y`` (0 where the
   clip is active), recomputing the tiles. ``dU_a = G·U_c`` is one launch (``X = U_a``,
   ``Y = U_c``) and ``dU_c = Gᵀ·U_a`` another with the roles swapped (each side drops the
-  other side's indices given by ``tfree_core._fused.exclusions``, so both launches see the
+  other side's indices given by ``engine.exclusions``, so both launches see the
   same candidates).
 
-Distributed (``group=``, :func:`apply_distributed` in ``_distributed``): each rank launches
-the same kernels on its local anchor rows against the gathered candidates
-(``tfree_core._fused.sharded_forward`` / ``sharded_backward``).
+Distributed (``group=``): each rank launches the same kernels on its local anchor rows
+against the gathered candidates (``engine.forward`` / ``engine.backward`` with ``comm``
+and ``kernel``).
 
 Extra memory ``O(N + M)`` besides the normalised inputs and the gradients.
 
@@ -33,13 +34,13 @@ from typing import Any
 
 import torch
 
-from tfree_core import _fused, engine
-from tfree_core._blocks import Tiling
+from tfree_core import engine
+from tfree_core.engine import Tiling
 
-from ._function import ContrastiveLossFunction, _device_type, guarded
+from ._function import in_vmap
 from ._namespace import xp
 
-__all__ = ["KERNELS", "apply", "available", "check_kernel", "interpreting", "use_fused"]
+__all__ = ["KERNEL", "KERNELS", "available", "check_kernel", "interpreting", "use_fused"]
 
 KERNELS = ("auto", "fused", "portable")
 
@@ -72,14 +73,9 @@ def interpreting() -> bool:
     return isinstance(_kernels()[0], InterpretedFunction)
 
 
-def _in_vmap(t: torch.Tensor) -> bool:
-    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
-    return bool(is_batched is not None and is_batched(t))
-
-
 def _why_not(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -> str | None:
     """Why the fused path cannot run this call (``None``: it can)."""
-    reason = _fused.unsupported(problem, arrays)
+    reason = engine.fused_unsupported(problem, arrays)
     if reason is not None:
         return f"the fused kernels do not support {reason}"
     if not available():
@@ -87,7 +83,7 @@ def _why_not(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -
     if torch.compiler.is_compiling():
         return "torch.compile (the fused kernels run eagerly)"
     tensors = [a for a in arrays if isinstance(a, torch.Tensor)]
-    if any(_in_vmap(a) for a in tensors):
+    if any(in_vmap(a) for a in tensors):
         return "torch.vmap (the fused kernels take plain tensors)"
     device = arrays[0].device
     if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
@@ -120,7 +116,7 @@ def use_fused(kernel: str, problem: engine.Problem,
     if kernel == "auto":
         # cheap tests first: auto never imports Triton for CPU tensors
         if (not AUTO_SELECTS_FUSED or arrays[0].device.type != "cuda"
-                or _fused.unsupported(problem, arrays)):
+                or engine.fused_unsupported(problem, arrays)):
             return False
         return _why_not(problem, arrays) is None
     reason = _why_not(problem, arrays)
@@ -166,13 +162,13 @@ def _index_arg(v: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 
 class TritonKernel:
-    """``tfree_core._fused.TileKernel`` on torch tensors (see the module docstring)."""
+    """``engine.TileKernel`` on torch tensors (see the module docstring)."""
 
     def _common(self, t: Tiling, bound: float) -> tuple[torch.Tensor, torch.Tensor, Any]:
         a = t.anchors.contiguous()
         c = t.candidates.contiguous()
         bound_t = torch.tensor([bound], dtype=a.dtype, device=a.device)
-        return a, c, (bound_t, _fused.exclusions(t, xp))
+        return a, c, (bound_t, engine.exclusions(t, xp))
 
     def sums(self, t: Tiling, bound: float, columns: bool
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -227,49 +223,4 @@ class TritonKernel:
         return du_a, du_c
 
 
-_KERNEL = TritonKernel()
-
-
-# --------------------------------------------------------------------------- autograd
-
-
-class FusedLossFunction(ContrastiveLossFunction):
-    """:class:`ContrastiveLossFunction` with the matrix work in the Triton kernels
-    (``tfree_core._fused``); same residual handling, same double-backward guard."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        problem: engine.Problem,
-        keys: tuple[str, ...],
-        *arrays: torch.Tensor | None,
-    ) -> tuple[torch.Tensor | None, ...]:
-        first = arrays[0]
-        assert first is not None
-        with torch.autocast(_device_type(first), enabled=False):
-            loss, res = _fused.forward(problem, arrays, xp, _KERNEL)
-        out: list[torch.Tensor | None] = []
-        for k in keys:  # distinct tensors, as ContrastiveLossFunction.forward explains
-            r = res[k]
-            if r is not None and (
-                any(r is a for a in arrays) or any(r is o for o in out) or r is loss
-            ):
-                r = r.view_as(r)
-            out.append(r)
-        return (loss, *out)
-
-    @staticmethod
-    def backward(ctx: Any, cotangent: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
-        saved = ctx.saved_tensors
-        n_keys = len(ctx.keys)
-        res = dict(zip(ctx.keys, saved[:n_keys], strict=True))
-        create_graph = torch.is_grad_enabled()
-        with torch.no_grad(), torch.autocast(_device_type(cotangent), enabled=False):
-            grads = _fused.backward(ctx.problem, res, cotangent, xp, _KERNEL)
-        return (None, None, *guarded(grads, saved[n_keys:], create_graph, ctx.n_arrays))
-
-
-def apply(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
-    """The loss of ``problem`` through the fused kernels (the caller checked
-    :func:`use_fused`)."""
-    keys = tuple(_fused.residual_keys(problem))
-    return FusedLossFunction.apply(problem, keys, *arrays)[0]
+KERNEL = TritonKernel()

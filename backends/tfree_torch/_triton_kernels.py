@@ -2,7 +2,7 @@
 
 See ``_triton`` for what they compute and how they are launched. Besides the row masks,
 each row ``x`` of ``X`` drops the columns ``EX_A[x]`` and ``EX_B[x]`` (-1: none): its own
-index and its NT-Xent partner among ``Y``'s rows (``tfree_core._fused.exclusions``, global
+index and its NT-Xent partner among ``Y``'s rows (``engine.exclusions``, global
 indices on a rank's row block). Tiles of ``S`` are
 computed with ``tl.dot(..., input_precision="ieee")`` (no TF32) in the compute dtype
 (float32, or float64 for float64 inputs), and so are all sums and products.

@@ -1,0 +1,254 @@
+"""The TensorFlow runtime of the public functions: the core's analytic gradient through
+``tf.custom_gradient``, on TF tensors through the private Array API namespace
+:mod:`tfree_tf._xp`.
+
+Each call converts its arguments to tensors and validates them with the core (shapes and
+dtypes are static, so this runs at trace time under ``tf.function`` and costs nothing per
+step), then calls one ``tf.custom_gradient`` function whose forward is ``engine.forward``
+and whose gradient is ``engine.backward``. Three TensorFlow rules shape the code:
+
+* a ``tf.custom_gradient`` function called with keyword arguments silently drops the custom
+  gradient (eagerly) or raises (in graphs). The decorated function therefore takes the
+  differentiable tensors positionally (``*arrays``, no keywords possible) and closes over
+  everything else: the static ``Problem`` and the labels and masks, which thereby get no
+  gradient (``None``);
+* AutoGraph would convert the core's Python code on every trace (seconds, for code without
+  tensor-dependent control flow): the core calls run under
+  ``tf.autograph.experimental.do_not_convert``;
+* without XLA, TF runs each element-wise operation of the core on the ``N×M`` similarity
+  matrix as its own kernel, one pass over memory each. When traced, the core's forward and
+  backward therefore run as two ``tf.function(jit_compile=True)`` functions (one pair per
+  problem and shapes), which XLA fuses; :func:`set_jit_core` turns this off. Eager calls
+  run op by op.
+
+``tf.custom_gradient`` cannot tell whether a tape will ask for the gradient, so the forward
+never computes it (``engine.value_and_grad``): ``"auto"`` budgets for two passes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from tfree_core import engine
+
+from . import _xp as xp
+from ._distributed import TFCollectives, replica_context, world_size
+from ._loops import loop
+
+__all__ = ["RUNTIME", "TFRuntime", "set_jit_core"]
+
+Tensor = tf.Tensor
+TensorLike = Any  # tf.Tensor, tf.Variable, NumPy array or nested Python numbers
+
+
+def _to_tensor(name: str, value: TensorLike | None) -> Tensor | None:
+    """``value`` as a tensor with its own dtype (a NumPy float64 array stays float64;
+    Python floats become float32, TF's default); a ``tf.Variable`` is read here, outside
+    the custom-gradient function, so the tape routes its gradient through the read."""
+    if value is None:
+        return None
+    tensor = tf.convert_to_tensor(value)
+    shape = tensor.shape
+    if shape.rank is None or any(dim is None for dim in shape.as_list()):
+        raise ValueError(
+            f"tfree_tf needs static shapes, but {name} has shape {shape} under tracing. "
+            "Give tf.function a fixed input_signature (or none, so each shape is traced "
+            "on its own), and in Keras use batches of one size (e.g. "
+            "dataset.batch(n, drop_remainder=True)): the core builds its index vectors "
+            "from the static batch size."
+        )
+    return tensor
+
+
+# --------------------------------------------------------------------------- the core's ops
+
+
+@tf.autograph.experimental.do_not_convert
+def _forward_ops(problem: engine.Problem, arrays: tuple[Tensor | None, ...], comm: Any):
+    return engine.forward(problem, arrays, xp, comm=comm, loop=loop)
+
+
+@tf.autograph.experimental.do_not_convert
+def _backward_ops(problem: engine.Problem, residuals: engine.Residuals, cotangent: Tensor,
+                  comm: Any) -> tuple[Tensor, ...]:
+    return engine.backward(problem, residuals, cotangent, xp, comm=comm, loop=loop)
+
+
+_JIT_CORE = [True]
+
+
+def set_jit_core(enabled: bool) -> bool:
+    """Whether the core's forward and backward run as XLA-compiled functions when a
+    ``tfree_tf`` loss is traced (``tf.function``, Keras' ``fit``); returns the previous
+    setting. On by default.
+
+    Without XLA, TensorFlow runs the core's element-wise work on the ``N×M`` similarity
+    matrix as one kernel (one pass over memory) per operation; XLA fuses them: loss and
+    gradient of the pairs layout ran 1.4-1.7× faster at N = 4096, D = 128 and 1.3× at
+    D = 512 (float32, 2-core CPU; ``python -m benchmarks.bench_tf``). The cost is one XLA
+    compilation per problem and shape (seconds for large ``N``). Inside
+    ``tf.function(jit_compile=True)`` the whole function is compiled anyway, eager calls
+    always run op by op, and a sharded call (``group=``) is never compiled separately.
+    The setting is read when a function is traced.
+    """
+    previous = _JIT_CORE[0]
+    _JIT_CORE[0] = bool(enabled)
+    return previous
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled(problem: engine.Problem, shapes: tuple):
+    """The core's forward and backward of ``problem`` as XLA-compiled functions (one per
+    static ``shapes``, so a function never retraces)."""
+
+    def forward(arrays):
+        return _forward_ops(problem, arrays, None)
+
+    def backward(residuals, cotangent):
+        return _backward_ops(problem, residuals, cotangent, None)
+
+    return (tf.function(forward, jit_compile=True, autograph=False),
+            tf.function(backward, jit_compile=True, autograph=False))
+
+
+def _shapes(arrays: tuple[Tensor | None, ...]) -> tuple:
+    return tuple(None if a is None else tuple(a.shape.as_list()) for a in arrays)
+
+
+def _differentiable(
+    problem: engine.Problem, arrays: tuple[Tensor | None, ...], comm: Any = None
+) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
+    """The custom-gradient function of ``problem`` and the tensors to call it with.
+
+    The differentiable inputs lead every layout's argument tuple (engine's table); the
+    rest (labels, masks, ``None``) are closed over.
+    """
+    count = len(problem.spec.differentiable)
+    rest = arrays[count:]
+
+    @tf.custom_gradient
+    def loss_with_analytic_gradient(*differentiable: Tensor):
+        # Eagerly, tf.custom_gradient leaves an enclosing tape recording the forward, which
+        # would keep every intermediate alive for an autodiff path that is never taken.
+        arrays = (*(tf.stop_gradient(x) for x in differentiable), *rest)
+        compiled = _JIT_CORE[0] and not tf.executing_eagerly() and comm is None
+        shapes = _shapes(arrays)
+        if compiled:
+            loss, residuals = _compiled(problem, shapes)[0](arrays)
+        else:
+            loss, residuals = _forward_ops(problem, arrays, comm)
+
+        def gradient(cotangent: Tensor) -> tuple[Tensor, ...]:
+            if compiled:
+                return _compiled(problem, shapes)[1](residuals, cotangent)
+            return _backward_ops(problem, residuals, cotangent, comm)
+
+        return loss, gradient
+
+    return loss_with_analytic_gradient, arrays[:count]
+
+
+# --------------------------------------------------------------------------- runtime
+
+_GROUP = engine.Param(
+    "group", None, "bool | tf.distribute.ReplicaContext | None",
+    "Inside ``strategy.run``: ``True`` (the current replica context) or a "
+    "``tf.distribute.ReplicaContext``, to shard the batch over the replicas (data parallel; "
+    "see the Distributed page); ``None`` (default): one device. Each replica passes its "
+    "local rows; the value is scaled so that its mean over the replicas is the loss of the "
+    "concatenated batch, and the replicas' mean gradient is exactly its gradient. Composes "
+    "with ``chunk_size``; not with ``negatives`` (no global batch).",
+    functions=engine.BATCHED)
+
+_NOTES = {
+    "chunk_size": (
+        '``"auto"`` budgets: untiled up to an 8 MiB matrix on a CPU, 1 GiB on an '
+        "accelerator; else blocks of at most 8 MiB (CPU: they stay in cache) or 64 MiB, a "
+        "``tf.while_loop`` in graphs."),
+    "check_finite": (
+        "Eager only: inside ``tf.function`` (and Keras' compiled ``fit``) it is a "
+        "``ValueError`` at trace time, the values being unknown there "
+        "(``tf.debugging.enable_check_numerics`` checks graphs)."),
+    "returns:loss": (
+        "Inputs may be tensors, variables or NumPy arrays, with static shapes (under "
+        "``tf.function`` an unknown dimension is a ``ValueError``); hyper-parameters are "
+        "static Python values (part of a trace). Gradients (``tf.GradientTape``) are the "
+        "analytic ones of SPEC §2 through ``tf.custom_gradient``, in each input's dtype; "
+        "labels and masks get ``None``. Works eagerly, under ``tf.function`` and "
+        "``tf.function(jit_compile=True)``. On NVIDIA GPUs TF computes float32 products in "
+        "TF32 unless ``tf.config.experimental.enable_tensor_float_32_execution(False)`` is "
+        "set (a global switch this function does not touch)."),
+    "returns:logits": (
+        "Its gradient (``tf.custom_gradient``) is SPEC §2.4's derivative, in the input's "
+        "dtype."),
+}
+
+
+@tf.autograph.experimental.do_not_convert
+def _logits_value(similarity: Tensor, eps: float) -> Tensor:
+    return engine.logits(similarity, eps, xp)
+
+
+@tf.autograph.experimental.do_not_convert
+def _logits_slope(similarity: Tensor, eps: float) -> Tensor:
+    return engine.logit_slope(similarity, eps, xp)
+
+
+class TFRuntime(engine.Runtime):
+    """``tfree_core.engine.Runtime`` for TensorFlow (tensors, variables, NumPy arrays)."""
+
+    array_type = TensorLike
+    return_type = tf.Tensor
+    extras = (_GROUP,)
+    notes = _NOTES
+    libraries = ("tensorflow", "numpy")
+    also = ("builtins", "keras")
+    tracing = "tf.function"
+    one_pass = False
+    xp = xp
+
+    def convert(self, named):
+        return tuple(_to_tensor(name, value) for name, value in named)
+
+    def device_kind(self, arrays) -> str | None:
+        # graph tensors report no device: assume the one TensorFlow places ops on
+        if arrays[0].device:
+            return None
+        return "accelerator" if tf.config.list_logical_devices("GPU") else "cpu"
+
+    def world_size(self, extras) -> int:
+        group = extras.get("group")
+        return 1 if group is None else world_size(group)
+
+    def concrete(self, arrays) -> bool:
+        return tf.executing_eagerly()
+
+    def apply(self, problem, arrays, extras, xp) -> Tensor:
+        comm = None
+        if extras.get("group") is not None:
+            comm = TFCollectives(replica_context(extras["group"]))
+            engine.check_sharded(problem, comm.world_size)
+        function, differentiable = _differentiable(problem, arrays, comm)
+        return function(*differentiable)  # positionally: keywords would drop the gradient
+
+    def logit_map(self, similarity, eps, extras) -> Tensor:
+        engine.make_options(eps=eps)  # a clear error for a bad eps before any tracing
+        tensor = _to_tensor("similarity", similarity)
+
+        @tf.custom_gradient
+        def logits_with_gradient(s: Tensor):
+            value = _logits_value(s, eps)
+
+            def gradient(cotangent: Tensor) -> Tensor:
+                return tf.cast(_logits_slope(s, eps) * cotangent, s.dtype)
+
+            return value, gradient
+
+        return logits_with_gradient(tensor)
+
+
+RUNTIME = TFRuntime()
