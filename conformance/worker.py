@@ -1,19 +1,26 @@
-"""One backend, in its own process: run the selected cases and print one JSON line per
-result (``python -m conformance.worker --backend torch ...``; used by the runner)."""
+"""One backend, in its own process: run the selected checks and print one JSON line per
+result (``python -m conformance.worker --backend torch ...``; used by the runner).
+
+The lines: first ``{"planned": n, "full": N, ...}`` (or ``{"setup_error": ...}``), then per
+check ``{"running": {...}}`` before it and its result row after it."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 import traceback
 
 import numpy as np
 
 from conformance.adapters import Unsupported, make_adapter
 from conformance.capabilities import CAPABILITIES, capability_of
-from conformance.golden import compiled_subset, load_cases, planned
+from conformance.golden import compiled_subset, load_cases
+from conformance.selection import full_plan, representative
 from conformance.tolerances import compare
+
+SELECTIONS = ("full", "representative")
 
 
 def check(case, dtype: str, result) -> tuple[float, str]:
@@ -30,6 +37,12 @@ def check(case, dtype: str, result) -> tuple[float, str]:
     return worst, where
 
 
+def emit(message: dict) -> None:
+    """One JSON line to the runner, flushed at once: a worker that dies loses nothing it
+    already reported."""
+    print(json.dumps(message), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", required=True)
@@ -37,32 +50,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", required=True)
     parser.add_argument("--devices", required=True)
     parser.add_argument("--cases", default="")
+    parser.add_argument("--select", choices=SELECTIONS, default="full",
+                        help="every planned check, or the representative matrix of them")
     args = parser.parse_args(argv)
     adapter = make_adapter(args.backend)
     cap = CAPABILITIES.get(args.backend) or capability_of(adapter)
     try:
         adapter.setup()
     except Exception as err:  # reported as a skipped backend, with the reason
-        print(json.dumps({"setup_error": f"{type(err).__name__}: {err}"}), flush=True)
+        emit({"setup_error": f"{type(err).__name__}: {err}"})
         return 0
     present = adapter.devices()
     cases = load_cases()
     if args.cases:
         cases = [c for c in cases if any(p in c.id for p in args.cases.split(","))]
-    subset = {c.id for c in compiled_subset(cases)}
-    plan = []
-    absent = [d for d in args.devices.split(",") if d and d not in present]
-    for device in (d for d in args.devices.split(",") if d in present):
-        for mode in args.modes.split(","):
-            for dtype in args.dtypes.split(","):
-                if dtype not in cap.dtypes or mode not in cap.modes:
-                    continue
-                plan += [(device, mode, dtype, case) for case in cases
-                         if planned(case, mode, dtype, subset)]
-    print(json.dumps({"planned": len(plan), "devices": present, "absent": absent}), flush=True)
+    requested = [d for d in args.devices.split(",") if d]
+    absent = [d for d in requested if d not in present]
+    full = full_plan(cases, cap, [d for d in requested if d in present],
+                     args.modes.split(","), args.dtypes.split(","),
+                     {c.id for c in compiled_subset(cases)})
+    plan = representative(full) if args.select == "representative" else full
+    emit({"planned": len(plan), "full": len(full), "devices": present, "absent": absent})
     for device, mode, dtype, case in plan:
+        # Announced first, so that a worker that dies in it can be told which check killed it.
+        emit({"running": {"device": device, "mode": mode, "dtype": dtype, "case": case.id}})
         row = {"backend": adapter.name or args.backend, "device": device, "mode": mode,
                "dtype": dtype, "case": case.id}
+        start = time.perf_counter()
         try:
             worst, where = check(case, dtype, adapter.run(case, dtype, mode, device))
             row.update(status="passed" if worst <= 1 else "failed",
@@ -73,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update(status="failed", worst="inf", where="exception",
                        reason=f"{type(err).__name__}: {err}",
                        trace=traceback.format_exc(limit=4))
-        print(json.dumps(row), flush=True)
+        emit({**row, "seconds": round(time.perf_counter() - start, 3)})
     return 0
 
 

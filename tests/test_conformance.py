@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from conformance.__main__ import verdict
 from conformance.adapters import Unsupported, make_adapter
 from conformance.capabilities import CAPABILITIES
+from conformance.cases import LAYOUTS
 from conformance.golden import (
     COMPILED_DTYPES,
     TILED_MODES,
@@ -29,6 +31,7 @@ from conformance.golden import (
     planned,
     tiled_chunk_size,
 )
+from conformance.selection import case_kinds, check_kinds, full_plan, representative
 from conformance.worker import check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +122,7 @@ def test_fused_torch_rows():
     pytest.importorskip("torch")
     pytest.importorskip("triton")
     result = subprocess.run(
-        [sys.executable, "-m", "conformance", "--backend", "torch", "--mode", "fused",
+        [sys.executable, "-m", "conformance", "--full", "--backend", "torch", "--mode", "fused",
          "--dtype", "float64,float32", "--device", "cpu"],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
@@ -127,8 +130,8 @@ def test_fused_torch_rows():
     assert result.returncode == 0, out + result.stderr
     assert "| torch             | cpu    | fused" in out
     assert " 0 failed, 0 skipped" in out
-    passed = int(out.strip().splitlines()[-1].split()[0])
-    assert passed >= 2 * 30, out
+    totals = next(line for line in out.splitlines() if line.endswith(" 0 failed, 0 skipped"))
+    assert int(totals.split()[0]) >= 2 * 30, out
 
 
 
@@ -162,3 +165,125 @@ def test_runner_runs_the_tiled_mode():
     assert "| tiled " in rows[0]
     assert "ok " in rows[0]
     assert " 0 failed" in result.stdout
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def _representative(backend: str):
+    cap = CAPABILITIES[backend]
+    plan = full_plan(CASES, cap, ["cpu"], cap.modes, cap.dtypes, SUBSET)
+    return plan, representative(plan)
+
+
+@pytest.mark.parametrize("backend", list(CAPABILITIES))
+def test_representative_matrix_covers_every_kind_dtype_and_mode(backend):
+    """Per mode, the representative checks reach every input dtype and every kind the
+    mode's full plan has (eager: every dtype with every function), in a small fraction of
+    the checks."""
+    plan, chosen = _representative(backend)
+    assert {c.mode for c in chosen} == set(CAPABILITIES[backend].modes)
+    for mode in CAPABILITIES[backend].modes:
+        full = [c for c in plan if c.mode == mode]
+        rep = [c for c in chosen if c.mode == mode]
+        assert {c.dtype for c in rep} == {c.dtype for c in full}, mode
+        assert set().union(*map(check_kinds, rep)) == set().union(*map(check_kinds, full))
+    eager = set().union(*(case_kinds(c.case, "eager") for c in chosen if c.mode == "eager"))
+    assert {("layout", layout) for layout in LAYOUTS} <= eager
+    assert {("reduction", r) for r in ("mean", "sum", "none")} <= eager
+    assert {("ranks", "sup_con", (2,)), ("ranks", "sup_con", (3,)), ("keyword", "where"),
+            ("keyword", "labels"), ("logit_map", "temperature")} <= eager
+    assert len(chosen) <= max(50, len(plan) // 10)
+
+
+def test_representative_matrix_is_deterministic_and_split_invariant():
+    """The same checks every run, whether a backend's modes share one worker or not (the
+    runner gives PyTorch's fused mode a worker of its own)."""
+    plan, chosen = _representative("torch")
+    ids = [(c.mode, c.dtype, c.case.id) for c in chosen]
+    assert ids == [(c.mode, c.dtype, c.case.id) for c in representative(plan)]
+    fused = representative([c for c in plan if c.mode == "fused"])
+    assert [(c.dtype, c.case.id) for c in fused] == [
+        (c.dtype, c.case.id) for c in chosen if c.mode == "fused"]
+
+
+def _rows(*specs):
+    return [{"backend": b, "device": "cpu", "mode": m, "dtype": "float32", "case": "x",
+             "status": s, "where": "loss", "worst": 0.5} for b, m, s in specs]
+
+
+def test_verdict_line():
+    metas = {"numpy": {"full": 961}, "jax": {"full": 2713}}
+    rows = _rows(("numpy", "eager", "passed"), ("jax", "compiled", "passed"),
+                 ("jax", "tiled", "passed"))
+    assert verdict(rows, metas, [], 161.2, full=False) == (
+        "conformance: PASS — 3 checks on numpy, jax (eager, compiled, tiled), 0 failed, "
+        "2 min 41 s (representative matrix; --full for all 3 674)")
+    rows[1]["status"] = "failed"
+    metas["tensorflow"] = {"setup_error": "ImportError: no"}
+    line = verdict(rows, metas, ["torch"], 48.0, full=True)
+    assert line == (
+        "conformance: FAIL (jax, tensorflow did not run) — 3 checks on numpy, jax, tensorflow "
+        "(eager, compiled, tiled), 1 failed, 48 s (full matrix); not installed: torch")
+    assert verdict([], {"numpy": {}}, [], 1, full=False).startswith(
+        "conformance: FAIL (no checks ran) — 0 checks on numpy")
+
+
+DYING = '''
+import os, resource, signal, sys, time
+
+from conformance.adapters import CoreAdapter
+
+
+class Dying(CoreAdapter):
+    dtypes = ("float64",)
+    modes = ("eager",)
+    how = ""
+
+    def __init__(self):
+        super().__init__("numpy")
+        self.name = "dying"
+
+    def run(self, case, dtype, mode, device):
+        if case.layout == "pairs":
+            print("about to fail", file=sys.stderr, flush=True)
+            {"segv": self.segv, "exit": lambda: os._exit(3), "quiet": lambda: os._exit(0),
+             "hang": lambda: time.sleep(60)}[self.how]()
+        return super().run(case, dtype, mode, device)
+
+    def segv(self):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the repository
+        os.kill(os.getpid(), signal.SIGSEGV)
+'''
+
+
+@pytest.mark.parametrize(("how", "cause"), [
+    ("segv", "killed by SIGSEGV (signal 11)"),
+    ("exit", "exit status 3"),
+    ("quiet", "exit status 0 before reporting all its checks"),
+    ("hang", "no output for 3 s: killed"),
+])
+def test_runner_reports_a_dying_worker(tmp_path, how, cause):
+    """A worker that dies (a signal, an exit status, an early clean exit, a hang) is a
+    failure row naming its cause and the check it died in, with its last stderr lines and
+    the commands that rerun it alone; the verdict fails."""
+    (tmp_path / "dying_adapter.py").write_text(
+        DYING + f"\n\nclass Dies(Dying):\n    how = {how!r}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    result = subprocess.run(
+        [sys.executable, "-m", "conformance", "--adapter", "dying_adapter:Dies",
+         "--cases", "nt_xent-arctanh-mean,pairs-arctanh-mean", "--stall-timeout", "3"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert (f"dying/cpu/eager/float64 pairs-arctanh-mean: worker died: {cause}, in "
+            "cpu/eager/float64 pairs-arctanh-mean, after 1 of 2 checks") in out
+    assert "about to fail" in out
+    assert "rerun that worker alone:" in out
+    assert "-m conformance.worker --backend dying_adapter:Dies --dtypes float64" in out
+    assert ("-m conformance --adapter dying_adapter:Dies --full --device cpu --mode eager "
+            "--dtype float64 --cases pairs-arctanh-mean") in out
+    assert out.strip().splitlines()[-1].startswith(
+        "conformance: FAIL (dying) — 2 checks on dying (eager), 1 failed")
+
