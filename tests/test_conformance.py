@@ -11,6 +11,7 @@ run the compiled subset in float32 (the runner runs them all: ``--mode tiled``).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -287,3 +288,15 @@ def test_runner_reports_a_dying_worker(tmp_path, how, cause):
     assert out.strip().splitlines()[-1].startswith(
         "conformance: FAIL (dying) — 2 checks on dying (eager), 1 failed")
 
+
+def test_docs_report_is_a_full_run_of_every_backend_and_mode():
+    """The Conformance page renders ``docs/data/conformance.json``; it must come from a full
+    run with rows for every backend and every mode each one has. Regenerate it with
+    ``python -m conformance --full --json docs/data/conformance.json``."""
+    report = json.loads((ROOT / "docs" / "data" / "conformance.json").read_text())
+    regenerate = "regenerate: python -m conformance --full --json docs/data/conformance.json"
+    assert report.get("selection", "full") == "full", regenerate
+    rows = {(r["backend"], r["mode"]) for r in report["matrix"]}
+    missing = [f"{backend} {mode}" for backend, cap in CAPABILITIES.items()
+               for mode in cap.modes if (backend, mode) not in rows]
+    assert not missing, f"no rows for {', '.join(missing)}; {regenerate}"
