@@ -233,24 +233,26 @@ def test_verdict_line():
 DYING = '''
 import os, resource, signal, sys, time
 
-from conformance.adapters import CoreAdapter
+from conformance.adapters import Adapter
+from conformance.tolerances import as_float64
 
 
-class Dying(CoreAdapter):
+class Dying(Adapter):
+    """Answers the golden values themselves (no backend involved), until a pairs case."""
+
+    name = "dying"
     dtypes = ("float64",)
     modes = ("eager",)
     how = ""
-
-    def __init__(self):
-        super().__init__("numpy")
-        self.name = "dying"
 
     def run(self, case, dtype, mode, device):
         if case.layout == "pairs":
             print("about to fail", file=sys.stderr, flush=True)
             {"segv": self.segv, "exit": lambda: os._exit(3), "quiet": lambda: os._exit(0),
              "hang": lambda: time.sleep(60)}[self.how]()
-        return super().run(case, dtype, mode, device)
+        expected = case.expected_for(dtype)
+        return as_float64(expected["loss"]), {
+            name: as_float64(grad) for name, grad in expected["grads"].items()}
 
     def segv(self):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the repository
