@@ -14,14 +14,17 @@ autograd (CPU and CUDA, float16 / bfloat16 / float32 / float64, ``torch.autocast
 
 from tfree_core import DEFAULT_EPS, __version__
 
+from ._cached import CachedLoss, cached_loss
 from ._module import LAYOUTS, TemperatureFreeLoss
 from ._public import info_nce, logits, loss_from_similarity, nt_xent, sup_con
 
 __all__ = [
     "DEFAULT_EPS",
     "LAYOUTS",
+    "CachedLoss",
     "TemperatureFreeLoss",
     "__version__",
+    "cached_loss",
     "info_nce",
     "logits",
     "loss_from_similarity",
