@@ -11,7 +11,9 @@ values, labels and masks ordinary (non-differentiable) array arguments::
     loss, (dq, dk) = jax.value_and_grad(tfree_jax.info_nce, argnums=(0, 1))(q, k)
 """
 
+from ._cached import cached_value_and_grad
 from ._public import info_nce, logits, loss_from_similarity, nt_xent, sup_con
 from ._runtime import ForwardModeError
 
 __all__ = ["ForwardModeError", "info_nce", "logits", "loss_from_similarity", "nt_xent", "sup_con"]
+__all__ += ["cached_value_and_grad"]

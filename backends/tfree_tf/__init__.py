@@ -15,11 +15,13 @@ traced, the core runs as XLA-compiled functions (:func:`set_jit_core`)::
     model.compile(optimizer="adam", loss=tfree_tf.TemperatureFreeLoss("nt_xent"))
 """
 
+from ._cached import cached_value_and_grad
 from ._public import info_nce, logits, loss_from_similarity, nt_xent, sup_con
 from ._runtime import set_jit_core
 
 __all__ = [
     "TemperatureFreeLoss",
+    "cached_value_and_grad",
     "info_nce",
     "logits",
     "loss_from_similarity",
