@@ -1,6 +1,8 @@
-"""``tfree_tf.TemperatureFreeLoss`` in Keras 3 (TensorFlow backend): values equal to the
-functional API, SPEC's reduction untouched by Keras, padding of batches of unknown size,
-serialisation, and real ``model.fit`` runs whose loss decreases."""
+"""``tfree_tf.TemperatureFreeLoss`` (the class of ``tfree_keras``) in Keras 3 on the
+TensorFlow backend: values equal to the functional API, SPEC's reduction untouched by
+Keras, padding of batches of unknown size, serialisation, and real ``model.fit`` runs whose
+loss decreases (with ``sample_weight`` and ``class_weight`` too). The other backends:
+tests/test_keras_backends.py."""
 
 from __future__ import annotations
 
@@ -146,7 +148,7 @@ def test_errors() -> None:
         TemperatureFreeLoss("nt_xent", reduction="sum_over_batch_size")
     loss_fn = TemperatureFreeLoss("nt_xent")
     with pytest.raises(ValueError, match="sample_weight"):
-        loss_fn(None, tf.constant(PAIRS), sample_weight=tf.ones(6))
+        loss_fn(None, tf.constant(PAIRS), sample_weight=tf.ones((6, 2)))
     with pytest.raises(ValueError, match=r"\(N, 2, D\)"):
         loss_fn(None, tf.ones((6, 5)))
     with pytest.raises(ValueError, match="labels"):
@@ -182,6 +184,39 @@ def test_fit_nt_xent_loss_decreases() -> None:
     evaluated = model.evaluate(x, np.zeros(60), batch_size=60, verbose=0)
     direct = loss_fn(None, model(x)).numpy()
     np.testing.assert_allclose(evaluated, direct, rtol=1e-5)
+
+
+def test_fit_without_a_bound_on_a_ragged_data_set_asks_for_max_batch_size() -> None:
+    """TensorFlow's ``fit`` traces with an unknown batch size from the first step when the
+    data set's size is not a multiple of ``batch_size``: the error says what to pass."""
+    x = _two_view_data(20, 4, seed=3)
+    model = keras.Sequential([keras.Input((2, 4)), keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="max_batch_size=batch_size"):
+        _fit(model, TemperatureFreeLoss("nt_xent"), x, np.zeros(20), epochs=1, batch_size=8,
+             jit_compile=False)
+
+
+def test_fit_with_sample_and_class_weights() -> None:
+    """``fit``'s ``sample_weight`` and ``class_weight`` reach the loss as per-anchor
+    weights: the reported loss is the weighted mean of the documented formula."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, size=24)
+    x = rng.normal(size=(24, 6)).astype(np.float32)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5)])
+    loss_fn = TemperatureFreeLoss("sup_con")
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss_fn)  # weights stay put
+    weights = rng.uniform(0.5, 2.0, size=24).astype(np.float32)
+    y = labels.astype(np.float32)
+    reported = model.evaluate(x, y, sample_weight=weights, batch_size=24, verbose=0)
+    per_anchor = tfree_tf.sup_con(model(x), labels, reduction="none").numpy()
+    np.testing.assert_allclose(reported, (weights * per_anchor).sum() / weights.sum(),
+                               rtol=1e-5)
+    class_weight = {0: 1.0, 1: 0.0, 2: 3.0}
+    history = model.fit(x, y, class_weight=class_weight, batch_size=24, epochs=1,
+                        verbose=0).history["loss"]
+    w = np.array([class_weight[c] for c in labels])
+    np.testing.assert_allclose(history[0], (w * per_anchor).sum() / w.sum(), rtol=1e-5)
 
 
 def test_fit_sup_con_under_xla_loss_decreases() -> None:
