@@ -25,6 +25,8 @@ LAYOUTS = (
     "nt_xent",
     "sup_con",
     "similarity",
+    "retrieval",
+    "retrieval_symmetric",
 )
 FUNCTION = {
     "pairs": "info_nce",
@@ -36,6 +38,8 @@ FUNCTION = {
     "nt_xent": "nt_xent",
     "sup_con": "sup_con",
     "similarity": "loss_from_similarity",
+    "retrieval": "info_nce",
+    "retrieval_symmetric": "info_nce",
 }
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -144,6 +148,8 @@ def build_problem(case: Case) -> Problem:
     n = x["query"].shape[0]
     keep = [True] * n if where is None else list(where)
     live = [i for i in range(n) if keep[i]]
+    if case.layout.startswith("retrieval"):
+        return _retrieval_problem(case, n, live)
     if case.layout.startswith("negatives"):
         negs = x["negatives"]
         shared = negs.ndim == 2
@@ -179,6 +185,42 @@ def build_problem(case: Case) -> Problem:
     return Problem(tuple(anchors_list), n, 2 if kw["symmetric"] else 1)
 
 
+def _retrieval_problem(case: Case, n: int, live: list[int]) -> Problem:
+    """In-batch plus hard negatives: query ``i`` against every live key and every live,
+    unmasked hard-negative slot, minus the duplicates of its positive (the candidates whose
+    id is ``key_ids[i]``); symmetric: key ``i`` against the live queries, minus the queries
+    whose positive is such a duplicate."""
+    kw = case.kwargs
+    hard = case.inputs.get("hard_negatives")
+    hn = 0 if hard is None else hard.shape[1]
+    mask = kw.get("hard_negative_mask") or [[True] * hn for _ in range(n)]
+    key_ids, hard_ids = kw.get("key_ids"), kw.get("hard_negative_ids")
+
+    def duplicate(i: int, identity: int | None, own: bool) -> bool:
+        return key_ids is not None and not own and identity == key_ids[i]
+
+    anchors = []
+    for i in live:
+        cands = [("key", j) for j in live if not duplicate(i, _id(key_ids, j), j == i)]
+        cands += [("hard_negatives", j * hn + h) for j in live for h in range(hn)
+                  if mask[j][h] and not duplicate(i, None if hard_ids is None
+                                                   else hard_ids[j][h], False)]
+        anchors.append(Anchor(("query", i), tuple(cands), frozenset([("key", i)]), i, 0))
+    symmetric = kw["symmetric"]
+    if symmetric:
+        anchors += [
+            Anchor(("key", i),
+                   tuple(("query", j) for j in live if not duplicate(i, _id(key_ids, j), j == i)),
+                   frozenset([("query", i)]), i, 1)
+            for i in live
+        ]
+    return Problem(tuple(anchors), n, 2 if symmetric else 1)
+
+
+def _id(ids: list[int] | None, j: int) -> int | None:
+    return None if ids is None else ids[j]
+
+
 # --------------------------------------------------------------------------- case list
 
 
@@ -196,6 +238,9 @@ def make(
     labels: list[int] | None = None,
     positive_mask: np.ndarray | None = None,
     valid_mask: np.ndarray | None = None,
+    hard_negative_mask: np.ndarray | None = None,
+    key_ids: list[int] | None = None,
+    hard_negative_ids: np.ndarray | None = None,
     tags: tuple[str, ...] = (),
 ) -> Case:
     """A case with the public call's keyword arguments (all of them, defaults spelt out)."""
@@ -211,6 +256,12 @@ def make(
     if fn == "info_nce":
         kwargs["symmetric"] = layout.endswith("symmetric")
         kwargs["labels"] = labels
+    if layout.startswith("retrieval"):
+        kwargs["hard_negative_mask"] = (None if hard_negative_mask is None
+                                        else np.asarray(hard_negative_mask, bool).tolist())
+        kwargs["key_ids"] = key_ids
+        kwargs["hard_negative_ids"] = (None if hard_negative_ids is None
+                                       else np.asarray(hard_negative_ids).tolist())
     if fn == "sup_con":
         kwargs["labels"] = labels
     if fn == "loss_from_similarity":
@@ -263,17 +314,23 @@ def _bulk_inputs(
         inputs["negatives"] = _normal(rng, int(rng.integers(2, 5)), d)
     if layout == "negatives_per_row":
         inputs["negatives"] = _normal(rng, n, int(rng.integers(2, 4)), d)
+    if layout.startswith("retrieval"):
+        inputs["hard_negatives"] = _normal(rng, n, int(rng.integers(2, 4)), d)
     return inputs
 
 
 def bulk_case(layout: str, logit_map: str, reduction: str) -> Case:
-    """Small random case (N 3..5, D 2..5); "sum" cases carry a row mask with one False.
+    """Small random case (N 3..5, D 2..5, retrieval D 6..9); "sum" cases carry a row mask
+    with one False.
 
     Embeddings are redrawn (same generator) until ``max_cosine ≤ MAX_COSINE``.
     """
     cid = f"{layout}-{logit_map}-{reduction}"
     rng = rng_for(cid)
     n, d = int(rng.integers(3, 6)), int(rng.integers(2, 6))
+    if layout.startswith("retrieval"):
+        d += 4  # up to 25 rows: in 2 to 5 dimensions some pair of them is almost surely
+        #         closer than MAX_COSINE, and the redraw loop below would not end
     tau = {"mean": 0.5, "sum": 0.1, "none": 0.07}[reduction] if logit_map == "temperature" else None
     opts: dict[str, Any] = {"logit_map": logit_map, "temperature": tau, "reduction": reduction}
     where = _one_false(rng, n) if reduction == "sum" and layout != "similarity" else None
@@ -292,7 +349,29 @@ def bulk_case(layout: str, logit_map: str, reduction: str) -> Case:
     while max_cosine(inputs) > MAX_COSINE:
         inputs = _bulk_inputs(layout, rng, n, d, reduction)
     labels = rng.integers(0, 2, n).tolist() if "labels" in layout or layout == "sup_con" else None
+    if layout.startswith("retrieval"):
+        opts.update(_retrieval_extras(rng, inputs, reduction))
+        text += {"sum": ", ragged hard negatives", "none": ", duplicate ids"}.get(reduction, "")
     return make(cid, layout, inputs, text, where=where, labels=labels, **opts)
+
+
+def _retrieval_extras(rng: np.random.Generator, inputs: dict[str, np.ndarray],
+                      reduction: str) -> dict[str, Any]:
+    """"sum": ragged mining (a mask over the hard-negative slots); "none": identities with
+    a duplicate key and hard negatives that share a positive's id."""
+    n, hn = inputs["hard_negatives"].shape[:2]
+    if reduction == "sum":
+        mask = rng.random((n, hn)) < 0.6
+        mask[0, 0] = False
+        return {"hard_negative_mask": mask}
+    if reduction == "none":
+        key_ids = list(range(n))
+        key_ids[-1] = key_ids[0]  # two rows share a document
+        hard_ids = rng.integers(n, n + 6, (n, hn))
+        hard_ids[1, 0] = key_ids[1]  # a mined negative that is the positive's document
+        hard_ids[0, hn - 1] = key_ids[2]  # and one that is another row's
+        return {"key_ids": key_ids, "hard_negative_ids": hard_ids}
+    return {}
 
 
 def _nextafter(x: float, toward: float, dtype: type = np.float64) -> float:
@@ -919,6 +998,22 @@ def embedding_cases() -> list[Case]:
             labels=(np.arange(64) % 8).tolist(),
             reduction="sum",
             tags=("large_n", "many_positives"),
+        )
+    )
+    rng = rng_for("retrieval-duplicate")
+    q, k = _normal(rng, 4, 3), _normal(rng, 4, 3)
+    hard = _normal(rng, 4, 2, 3)
+    hard[2, 0] = k[2] * 2.0  # a mined "negative" that is row 2's positive document
+    add(
+        make(
+            "retrieval-mined-positive-dropped",
+            "retrieval",
+            {"query": q, "key": k, "hard_negatives": hard},
+            "a hard negative equal to its row's positive, with the positive's id: dropped "
+            "as a duplicate (as a negative it would sit at S = s_pos)",
+            key_ids=[0, 1, 2, 3],
+            hard_negative_ids=np.array([[10, 11], [12, 13], [2, 14], [15, 16]]),
+            tags=("duplicate_ids",),
         )
     )
     return out

@@ -19,15 +19,19 @@ Each case:
 
     id            unique string
     layout        pairs | pairs_symmetric | pairs_labels | pairs_labels_symmetric |
-                  negatives_shared | negatives_per_row | nt_xent | sup_con | similarity
+                  negatives_shared | negatives_per_row | nt_xent | sup_con | similarity |
+                  retrieval | retrieval_symmetric
     function      info_nce | nt_xent | sup_con | loss_from_similarity
     description   one line; tags: list of strings (clip_tie, zero_rows, sanity, ...)
     inputs        {argument name: nested list of float.hex() strings} — the float arrays
-                  that get gradients (query, key, negatives, z1, z2, features, similarity)
+                  that get gradients (query, key, negatives, hard_negatives, z1, z2,
+                  features, similarity)
     kwargs        every other argument of the call, by name: logit_map, temperature, eps,
                   reduction; where (bool list or null; not for loss_from_similarity);
-                  symmetric and labels (info_nce); labels (sup_con); positive_mask,
-                  valid_mask (loss_from_similarity, nested bool lists, valid_mask may be null)
+                  symmetric and labels (info_nce); hard_negative_mask, key_ids and
+                  hard_negative_ids (retrieval layouts; null where absent); labels
+                  (sup_con); positive_mask, valid_mask (loss_from_similarity, nested bool
+                  lists, valid_mask may be null)
     cotangent     null, or for reduction "none" a nested list of float.hex() strings in the
                   shape of the per-anchor loss
     dtypes        input dtypes the case applies to: all its float arrays (inputs and

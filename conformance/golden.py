@@ -14,9 +14,8 @@ from conformance.tolerances import as_float64
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 
 # Keyword arguments that arrive as lists and go to the backend as arrays.
-_INT_KWARGS = ("labels",)
-_BOOL_KWARGS = ("where", "positive_mask", "valid_mask")
-_FLOAT_INPUT_KWARGS = ("negatives",)
+_INT_KWARGS = ("labels", "key_ids", "hard_negative_ids")
+_BOOL_KWARGS = ("where", "positive_mask", "valid_mask", "hard_negative_mask")
 
 
 @dataclass
@@ -80,7 +79,8 @@ def load_cases(directory: Path = GOLDEN_DIR) -> list[GoldenCase]:
 
 def differentiable_order(case: GoldenCase) -> list[str]:
     """The differentiable inputs in the order of the public signature."""
-    order = ("query", "key", "negatives", "z1", "z2", "features", "similarity")
+    order = ("query", "key", "negatives", "hard_negatives", "z1", "z2", "features",
+             "similarity")
     return [name for name in order if name in case.inputs]
 
 

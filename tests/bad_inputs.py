@@ -13,7 +13,9 @@ Markers stand for what cannot be written with NumPy alone:
 * :class:`Foreign`: an array from another library than the backend's (mixed frameworks);
 * :class:`OtherDevice`: an array on another device than the first argument's;
 * :class:`NeedsGrad`: floating labels that require a gradient (torch) — elsewhere just
-  floating labels, with the same message.
+  floating labels, with the same message;
+* :class:`Raw`: an object passed unconverted (``np.matrix``, a masked array, an object or
+  ``longdouble`` array) to the backends that take NumPy arrays.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ class OtherDevice:
 
 
 @dataclass(frozen=True)
+class Raw:
+    """``array`` handed over as it is, unconverted (a NumPy subclass or dtype that a
+    backend taking NumPy arrays must refuse before converting it)."""
+
+    array: Any
+
+
+@dataclass(frozen=True)
 class NeedsGrad:
     """Floating ``array`` with ``requires_grad=True`` in torch; a plain array elsewhere."""
 
@@ -94,6 +104,7 @@ Q = np.arange(12, dtype=np.float64).reshape(4, 3) / 7 - 0.5
 K = np.cos(np.arange(12, dtype=np.float64)).reshape(4, 3)
 LAB = np.array([0, 1, 0, 1])
 NEG = np.sin(np.arange(15, dtype=np.float64)).reshape(5, 3)
+HARD = np.sin(np.arange(24, dtype=np.float64) / 3).reshape(4, 2, 3)
 S = np.linspace(-0.9, 0.9, 20).reshape(4, 5)
 POS = np.eye(4, 5, dtype=bool)
 
@@ -245,6 +256,48 @@ def _cases() -> list[BadInput]:
         ("chunk_size", "'big'"))
     add("chunk-size-similarity", "loss_from_similarity", (S, POS), {"chunk_size": 2},
         ValueError, ("chunk_size", "loss_from_similarity"))
+    # the retrieval layout: hard negatives, their mask, identities
+    add("rank-hard-negatives", "info_nce", (Q, K), {"hard_negatives": NEG[:4]}, ValueError,
+        ("hard_negatives", "(N, Hn, D)", "(4, 3)"))
+    add("n-hard-negatives", "info_nce", (Q, K), {"hard_negatives": HARD[:3]}, ValueError,
+        ("hard_negatives", "axis 0", "query's N"))
+    add("d-hard-negatives", "info_nce", (Q, K), {"hard_negatives": HARD[..., :2]},
+        ValueError, ("hard_negatives", "axis 2", "query's D"))
+    add("empty-hard-negatives", "info_nce", (Q, K), {"hard_negatives": HARD[:, :0]},
+        ValueError, ("hard_negatives", "at least one hard negative", "Hn >= 1"))
+    add("int-hard-negatives", "info_nce", (Q, K),
+        {"hard_negatives": HARD.astype(np.int64)}, TypeError,
+        ("hard_negatives", "floating", "int64"))
+    add("shape-hard-negative-mask", "info_nce", (Q, K),
+        {"hard_negatives": HARD, "hard_negative_mask": np.ones((4, 3), bool)}, ValueError,
+        ("hard_negative_mask", "(4, 2)", "(4, 3)"))
+    add("float-hard-negative-mask", "info_nce", (Q, K),
+        {"hard_negatives": HARD, "hard_negative_mask": np.ones((4, 2))}, TypeError,
+        ("hard_negative_mask", "boolean", "float64"))
+    add("hard-negative-mask-alone", "info_nce", (Q, K),
+        {"hard_negative_mask": np.ones((4, 2), bool)}, ValueError,
+        ("hard_negative_mask", "needs hard_negatives"))
+    add("float-key-ids", "info_nce", (Q, K), {"key_ids": np.arange(4.0)}, TypeError,
+        ("key_ids", "integer", "float64"))
+    add("bool-key-ids", "info_nce", (Q, K), {"key_ids": np.ones(4, bool)}, TypeError,
+        ("key_ids", "integer", "bool"))
+    add("shape-key-ids", "info_nce", (Q, K), {"key_ids": np.arange(5)}, ValueError,
+        ("key_ids", "(4,)", "(5,)"))
+    add("hard-negative-ids-alone", "info_nce", (Q, K),
+        {"hard_negatives": HARD, "hard_negative_ids": np.zeros((4, 2), np.int64)},
+        ValueError, ("hard_negative_ids", "needs key_ids"))
+    add("shape-hard-negative-ids", "info_nce", (Q, K),
+        {"hard_negatives": HARD, "key_ids": np.arange(4),
+         "hard_negative_ids": np.zeros((4, 3), np.int64)}, ValueError,
+        ("hard_negative_ids", "(4, 2)", "(4, 3)"))
+    add("hard-negatives-and-negatives", "info_nce", (Q, K),
+        {"hard_negatives": HARD, "negatives": NEG}, ValueError,
+        ("negatives", "hard_negatives", "different layouts"))
+    add("hard-negatives-and-labels", "info_nce", (Q, K),
+        {"hard_negatives": HARD, "labels": LAB}, ValueError,
+        ("labels", "hard_negatives", "cannot be combined"))
+    add("key-ids-and-labels", "info_nce", (Q, K), {"key_ids": np.arange(4), "labels": LAB},
+        ValueError, ("labels", "key_ids", "cannot be combined"))
     # mixed frameworks and devices
     add("foreign-key", "info_nce", (Q, Foreign(K)), {}, TypeError,
         ("key", "one array library"), tags=("library",))
@@ -254,6 +307,30 @@ def _cases() -> list[BadInput]:
         ("key", "device", "query"), tags=("device",))
     add("device-labels", "sup_con", (Q, OtherDevice(LAB)), {}, ValueError,
         ("labels", "device", "features"), tags=("device",))
+    # required arrays, and NumPy objects whose meaning the loss cannot keep
+    numpy_backends = ("core", "jax", "tf")  # torch takes torch tensors only
+    add("required-query", "info_nce", (None, K), {}, TypeError, ("query", "required", "None"))
+    add("required-labels", "sup_con", (Q, None), {}, TypeError, ("labels", "required"))
+    add("required-similarity", "loss_from_similarity", (None, POS), {}, TypeError,
+        ("similarity", "required"))
+    add("matrix-query", "info_nce", (Raw(np.asmatrix(Q)), K), {}, TypeError,
+        ("query", "numpy.matrix", "plain array"), backends=numpy_backends, tags=("raw",))
+    add("masked-key", "info_nce", (Q, Raw(np.ma.masked_array(K, mask=K > 0.5))), {},
+        TypeError, ("key", "MaskedArray", "where="), backends=numpy_backends,
+        tags=("raw",))
+    add("object-z1", "nt_xent", (Raw(Q.astype(object)), K), {}, TypeError,
+        ("z1", "numbers", "object"), backends=numpy_backends, tags=("raw",))
+    add("longdouble-features", "sup_con", (Raw(Q.astype(np.longdouble)), LAB), {}, TypeError,
+        ("features", "never casts down", np.dtype(np.longdouble).name),
+        backends=numpy_backends, tags=("raw",))
+    add("xp-str", "info_nce", (Q, K), {"xp": "numpy"}, TypeError, ("xp", "namespace", "str"),
+        backends=("core",))
+    add("temperature-below-float32", "sup_con", (Q.astype(np.float32), LAB),
+        {"logit_map": "temperature", "temperature": 1e-39}, ValueError,
+        ("temperature", "float32", "1.175e-38"))
+    add("temperature-below-float64", "nt_xent", (Q, K),
+        {"logit_map": "temperature", "temperature": 1e-309}, ValueError,
+        ("temperature", "float64", "2.225e-308"))
     # value checks (need concrete values)
     add("positive-outside-valid", "loss_from_similarity", (S, ~POS), {"valid_mask": POS},
         ValueError, ("positive_mask", "inside valid_mask", "16"), traced="skipped")
@@ -315,7 +392,7 @@ def core_message(case: BadInput) -> str | None:
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
-    if isinstance(value, (Foreign, OtherDevice, NeedsGrad)):
+    if isinstance(value, (Foreign, OtherDevice, NeedsGrad, Raw)):
         return value.array
     return value
 
@@ -398,6 +475,8 @@ def converter(backend: str, devices: bool = False) -> Callable[[Any], Any]:
                 return tf.identity(tf.constant(a))
 
     def convert(value: Any) -> Any:
+        if isinstance(value, Raw):
+            return value.array
         if isinstance(value, Foreign):
             return foreign(value.array)
         if isinstance(value, OtherDevice):

@@ -32,6 +32,13 @@ def make_cases(rng: np.random.Generator, n: int = 5, d: int = 4) -> list[Case]:
     where = np.ones(n, dtype=bool)
     where[1] = False
     neg_shared, neg_rows = rng.normal(size=(6, d)), rng.normal(size=(n, 3, d))
+    hard = rng.normal(size=(n, 2, d))
+    hard_mask = rng.random((n, 2)) < 0.7
+    key_ids = np.arange(n)
+    key_ids[-1] = key_ids[0]  # a duplicate document in the batch
+    hard_ids = rng.integers(n, n + 4, size=(n, 2))
+    hard_ids[2, 1] = key_ids[2]  # a mined "negative" that is the positive itself
+    hard_ids[0, 0] = key_ids[3]  # and one that is another row's positive
     features3 = rng.normal(size=(n, 2, d))
     s = np.tanh(rng.normal(size=(n, 7)))
     valid = rng.random((n, 7)) < 0.8
@@ -61,6 +68,16 @@ def make_cases(rng: np.random.Generator, n: int = 5, d: int = 4) -> list[Case]:
         Case("sup_con-2d", sup, sup_vg, ref.sup_con, {"features": q}, {"labels": labels}),
         Case("sup_con-3d-where", sup, sup_vg, ref.sup_con, {"features": features3},
              {"labels": labels, "where": where}),
+        Case("retrieval", info, info_vg, ref.retrieval,
+             {"query": q, "key": k, "hard_negatives": hard}),
+        Case("retrieval-symmetric-where-mask", info, info_vg, ref.retrieval,
+             {"query": q, "key": k, "hard_negatives": hard},
+             {"hard_negative_mask": hard_mask, "symmetric": True, "where": where}),
+        Case("retrieval-ids-symmetric", info, info_vg, ref.retrieval,
+             {"query": q, "key": k, "hard_negatives": hard},
+             {"key_ids": key_ids, "hard_negative_ids": hard_ids, "symmetric": True}),
+        Case("pairs-ids-where", info, info_vg, ref.retrieval, {"query": q, "key": k},
+             {"key_ids": key_ids, "where": where}),
         Case("similarity", sim, sim_vg, ref.similarity, {"similarity": s},
              {"positive_mask": positive, "valid_mask": valid}),
         Case("similarity-all-valid", sim, sim_vg, ref.similarity, {"similarity": s},

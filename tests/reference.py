@@ -122,3 +122,50 @@ def similarity(s, positive, *, valid=None, where=None, reduction="mean", **kw):
         cand &= where[:, None]
     pos = positive & cand
     return reduce(anchor_losses(s, cand, pos, **kw), pos, reduction)
+
+
+def retrieval(q, k, hard=None, *, hard_negative_mask=None, key_ids=None,
+              hard_negative_ids=None, symmetric=False, where=None, reduction="mean", **kw):
+    """In-batch plus hard negatives (sentence-transformers' MultipleNegativesRankingLoss):
+    query ``i`` against every key and every hard negative; duplicates of the positive (by
+    id) dropped; masked slots and rows no candidates."""
+    n = q.shape[0]
+    where = np.ones(n, bool) if where is None else where
+    uq, uk = normalize(q), normalize(k)
+    cols = [uk]
+    owner = list(range(n))  # the row each candidate belongs to
+    slot_ok = list(where)
+    ids = None if key_ids is None else list(key_ids)
+    if hard is not None:
+        hn = hard.shape[1]
+        mask = np.ones((n, hn), bool) if hard_negative_mask is None else hard_negative_mask
+        for i in range(n):
+            for h in range(hn):
+                cols.append(normalize(hard[i, h])[None, :])
+                owner.append(i)
+                slot_ok.append(where[i] and mask[i, h])
+                if ids is not None:
+                    ids.append(hard_negative_ids[i, h])
+    c = np.concatenate(cols)
+    s = uq @ c.T
+    m = s.shape[1]
+    cand = np.zeros((n, m), bool)
+    for i in range(n):
+        for j in range(m):
+            duplicate = ids is not None and j != i and ids[j] == key_ids[i]
+            cand[i, j] = where[i] and slot_ok[j] and not duplicate
+    pos = np.zeros((n, m), bool)
+    pos[np.arange(n), np.arange(n)] = True
+    pos &= cand
+    forward = reduce(anchor_losses(s, cand, pos, **kw), pos, reduction)
+    if not symmetric:
+        return forward
+    s2 = uk @ uq.T  # each key against every query
+    cand2 = np.zeros((n, n), bool)
+    for j in range(n):
+        for i in range(n):
+            duplicate = ids is not None and i != j and key_ids[i] == key_ids[j]
+            cand2[j, i] = where[i] and where[j] and not duplicate
+    pos2 = np.eye(n, dtype=bool) & cand2
+    backward = reduce(anchor_losses(s2, cand2, pos2, **kw), pos2, reduction)
+    return (forward + backward) / 2

@@ -98,7 +98,8 @@ def run_ranks(world: int, fn, xp=np):
 # --------------------------------------------------------------------------- cases
 
 
-def _inputs(layout: str, world: int, n: int, rng, *, labels=False, views=0, where=False):
+def _inputs(layout: str, world: int, n: int, rng, *, labels=False, views=0, where=False,
+            hard=True, ids=False, slots=False):
     """Global arrays (engine order) and a function giving rank ``r``'s shard of them."""
     d = 6
     total = world * n
@@ -114,6 +115,14 @@ def _inputs(layout: str, world: int, n: int, rng, *, labels=False, views=0, wher
     elif layout == "nt_xent":
         z1 = rng.standard_normal((total, d))
         arrays = (z1, z1 + 0.8 * rng.standard_normal((total, d)), mask)
+    elif layout == "retrieval":
+        q = rng.standard_normal((total, d))
+        k = q + 0.7 * rng.standard_normal((total, d))
+        negatives = rng.standard_normal((total, 2, d)) if hard else None
+        hard_mask = rng.random((total, 2)) > 0.3 if hard and slots else None
+        key_ids = rng.integers(0, total // 2 + 1, total) if ids else None  # duplicates
+        hard_ids = rng.integers(0, total, (total, 2)) if ids and hard else None
+        arrays = (q, k, negatives, hard_mask, key_ids, hard_ids, mask)
     else:
         shape = (total, views, d) if views else (total, d)
         lab = rng.integers(0, 4, total)
@@ -145,13 +154,14 @@ def _global_to_local_none(layout: str, g: np.ndarray, world: int) -> list:
 
 
 def _slice_grads(layout: str, grads: tuple, r: int, n: int) -> tuple:
-    return tuple(g[r * n:(r + 1) * n] for g in grads)
+    return tuple(None if g is None else g[r * n:(r + 1) * n] for g in grads)
 
 
 def _check(layout, world, n, rng, *, symmetric=False, labels=False, views=0, where=False,
            reduction="mean", chunk_size=None, logit_map="arctanh", temperature=None,
-           rtol=1e-11):
-    arrays, shard = _inputs(layout, world, n, rng, labels=labels, views=views, where=where)
+           rtol=1e-11, **shape):
+    arrays, shard = _inputs(layout, world, n, rng, labels=labels, views=views, where=where,
+                            **shape)
     options = engine.make_options(reduction=reduction, logit_map=logit_map,
                                   temperature=temperature)
     problem = engine.prepare(layout, arrays, options=options, symmetric=symmetric, xp=np)
@@ -186,6 +196,9 @@ def _check(layout, world, n, rng, *, symmetric=False, labels=False, views=0, whe
         expected = _slice_grads(layout, grads, r, n)
         assert len(local_grads) == len(expected)
         for got, want in zip(local_grads, expected, strict=True):
+            if want is None:  # an optional input that is absent (no hard negatives)
+                assert got is None
+                continue
             np.testing.assert_allclose(got, factor * want, rtol=rtol, atol=1e-13)
     return arrays, problem, loss, grads
 
@@ -198,6 +211,10 @@ CASES = [
     pytest.param("nt_xent", {}, id="nt_xent"),
     pytest.param("sup_con", {}, id="sup_con"),
     pytest.param("sup_con", {"views": 2}, id="sup_con-views"),
+    pytest.param("retrieval", {}, id="retrieval"),
+    pytest.param("retrieval", {"symmetric": True, "ids": True, "slots": True},
+                 id="retrieval-symmetric-ids-slots"),
+    pytest.param("retrieval", {"ids": True, "hard": False}, id="pairs-ids"),
 ]
 
 

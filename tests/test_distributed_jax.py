@@ -43,6 +43,9 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
         arrays = {}
         if layout == "pairs":
             arrays = {"query": x, "key": x + 0.7 * rng.standard_normal(x.shape)}
+        elif layout == "retrieval":
+            arrays = {"query": x, "key": x + 0.7 * rng.standard_normal(x.shape),
+                      "hard_negatives": rng.standard_normal((total, 2, D))}
         elif layout == "nt_xent":
             arrays = {"z1": x, "z2": x + 0.8 * rng.standard_normal(x.shape)}
         else:
@@ -57,10 +60,14 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
             mask = rng.random(total) > 0.3
             mask[0] = True
             static["where"] = jnp.asarray(mask)
+        if where == "ids":  # duplicates across the devices' batches, ragged mining
+            static["key_ids"] = jnp.asarray(rng.integers(0, total // 2, total))
+            static["hard_negative_ids"] = jnp.asarray(rng.integers(0, total, (total, 2)))
+            static["hard_negative_mask"] = jnp.asarray(rng.random((total, 2)) > 0.3)
         return arrays, static
 
     fns = {"pairs": tfree_jax.info_nce, "nt_xent": tfree_jax.nt_xent,
-           "sup_con": tfree_jax.sup_con}
+           "sup_con": tfree_jax.sup_con, "retrieval": tfree_jax.info_nce}
     cases = [
         ("pairs", {}, {}),
         ("pairs", {"symmetric": True}, {}),
@@ -71,6 +78,8 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
         ("nt_xent", {"chunk_size": 4}, {"where": True}),
         ("sup_con", {}, {"views": 2}),
         ("sup_con", {"logit_map": "temperature", "temperature": 0.1}, {}),
+        ("retrieval", {}, {}),
+        ("retrieval", {"symmetric": True, "chunk_size": 2}, {"n": 5, "where": "ids"}),
     ]
     checked = 0
     for dtype in (jnp.float64, jnp.float32):
@@ -140,9 +149,9 @@ def test_four_host_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, __file__], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "CHECKED 15" in proc.stdout, proc.stdout[-2000:]
+    assert "CHECKED 17" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_group_outside_a_mapped_axis_raises():
@@ -150,7 +159,7 @@ def test_group_outside_a_mapped_axis_raises():
     import tfree_jax
 
     q = jnp.ones((3, 4))
-    with pytest.raises(NameError):
+    with pytest.raises(ValueError, match=r"group='nowhere' names no mapped axis"):
         tfree_jax.info_nce(q, q, group="nowhere")
     with pytest.raises(TypeError, match="group"):
         tfree_jax.info_nce(q, q, group=["d"])

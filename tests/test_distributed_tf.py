@@ -37,7 +37,8 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
     strategy = tf.distribute.MirroredStrategy(devices)
     assert strategy.num_replicas_in_sync == WORLD
     rng = np.random.default_rng(11)
-    fns = {"pairs": tfree_tf.info_nce, "nt_xent": tfree_tf.nt_xent, "sup_con": tfree_tf.sup_con}
+    fns = {"pairs": tfree_tf.info_nce, "nt_xent": tfree_tf.nt_xent, "sup_con": tfree_tf.sup_con,
+           "retrieval": tfree_tf.info_nce}
     cases = [
         ("pairs", {}, "float64", {}),
         ("pairs", {"symmetric": True}, "float64", {}),
@@ -47,6 +48,8 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
         ("nt_xent", {}, "float32", {"where": True}),
         ("sup_con", {}, "float64", {"views": 2}),
         ("sup_con", {}, "float32", {}),
+        ("retrieval", {"symmetric": True}, "float64", {"ids": True}),
+        ("retrieval", {"chunk_size": 3}, "float32", {"n": 5}),
     ]
     checked = 0
     for layout, kw, dtype, data_kw in cases:
@@ -56,6 +59,9 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
         x = rng.standard_normal((total, views, D) if views else (total, D)).astype(dtype)
         if layout == "pairs":
             diff = {"query": x, "key": x + 0.7 * rng.standard_normal(x.shape).astype(dtype)}
+        elif layout == "retrieval":
+            diff = {"query": x, "key": x + 0.7 * rng.standard_normal(x.shape).astype(dtype),
+                    "hard_negatives": rng.standard_normal((total, 2, D)).astype(dtype)}
         elif layout == "nt_xent":
             diff = {"z1": x, "z2": x + 0.8 * rng.standard_normal(x.shape).astype(dtype)}
         else:
@@ -69,11 +75,15 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
             mask = rng.random(total) > 0.3
             mask[0] = True
             static["where"] = mask
+        if data_kw.get("ids"):  # duplicates across the replicas' batches, ragged mining
+            static["key_ids"] = rng.integers(0, total // 2, total)
+            static["hard_negative_ids"] = rng.integers(0, total, (total, 2))
+            static["hard_negative_mask"] = rng.random((total, 2)) > 0.3
         fn = fns[layout]
         names = tuple(diff)
         variables = [tf.Variable(diff[k]) for k in names]
         with tf.GradientTape() as tape:
-            loss = fn(*variables, **static, **kw)
+            loss = fn(**dict(zip(names, variables, strict=True)), **static, **kw)
         grads = tape.gradient(loss, variables)
         tol = {"rtol": 1e-10, "atol": 1e-13} if dtype == "float64" else {
             "rtol": 3e-5, "atol": 1e-6}
@@ -94,7 +104,7 @@ def _script() -> None:  # pragma: no cover - runs in the subprocess
                 xs = [xs[k] for k in names]
                 with tf.GradientTape() as tape:
                     tape.watch(xs)
-                    value = fn(*xs, **extra, **kw, group=True)
+                    value = fn(**dict(zip(names, xs, strict=True)), **extra, **kw, group=True)
                 return value, tape.gradient(value, xs)
 
             return strategy.run(replica, args=(inputs,))
@@ -117,7 +127,7 @@ def test_mirrored_strategy_four_logical_devices():
     proc = subprocess.run([sys.executable, __file__], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "CHECKED 8" in proc.stdout, proc.stdout[-2000:]
+    assert "CHECKED 10" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_group_outside_a_replica_context_raises():

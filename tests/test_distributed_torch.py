@@ -42,6 +42,12 @@ CASES = {
     "sup_con-chunked": ("sup_con", {"chunk_size": 3, "where": True}, "float64", 5),
     "pairs-temperature": ("pairs", {"symmetric": True, "logit_map": "temperature",
                                     "temperature": 0.1}, "float64", N),
+    "retrieval": ("retrieval", {}, "float64", N),
+    "retrieval-symmetric-ids-chunked": ("retrieval", {"symmetric": True, "ids": True,
+                                                      "slots": True, "chunk_size": 3},
+                                        "float64", 5),
+    "retrieval-temperature-f32": ("retrieval", {"logit_map": "temperature",
+                                                "temperature": 0.05}, "float32", N),
 }
 
 
@@ -64,6 +70,16 @@ def case_inputs(name: str, world: int):
         if kw.pop("labels", False):
             inputs["labels"] = torch.randint(0, 3, (total,), generator=g)
         fn = tfree_torch.info_nce
+    elif layout == "retrieval":
+        q = torch.randn(total, D, generator=g, dtype=dtype)
+        inputs.update(query=q, key=q + 0.7 * torch.randn(total, D, generator=g, dtype=dtype),
+                      hard_negatives=torch.randn(total, 3, D, generator=g, dtype=dtype))
+        if kw.pop("slots", False):
+            inputs["hard_negative_mask"] = torch.rand(total, 3, generator=g) > 0.3
+        if kw.pop("ids", False):  # duplicate documents across the ranks' batches
+            inputs["key_ids"] = torch.randint(0, total // 2, (total,), generator=g)
+            inputs["hard_negative_ids"] = torch.randint(0, total, (total, 3), generator=g)
+        fn = tfree_torch.info_nce
     elif layout == "nt_xent":
         z1 = torch.randn(total, D, generator=g, dtype=dtype)
         inputs.update(z1=z1, z2=z1 + 0.8 * torch.randn(total, D, generator=g, dtype=dtype))
@@ -78,7 +94,7 @@ def case_inputs(name: str, world: int):
     return inputs, fn, kw, n
 
 
-DIFFERENTIABLE = ("query", "key", "z1", "z2", "features")
+DIFFERENTIABLE = ("query", "key", "hard_negatives", "z1", "z2", "features")
 
 
 def cotangent(name: str, loss_shape, world: int, rank: int | None, dtype):

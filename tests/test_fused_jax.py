@@ -101,10 +101,11 @@ def test_forcing_fused_on_an_unsupported_call_names_the_option(call, named):
 
 def test_fused_with_an_unbound_group_raises_as_the_portable_path():
     """``group=`` composes with the kernels (tests/test_fused_distributed.py runs them on
-    4 host devices); an axis name outside a mapped function is JAX's ``NameError``."""
+    4 host devices); an axis name outside a mapped function is a ``ValueError`` naming
+    ``group``."""
     q = jnp.ones((4, 3))
     for kernel in ("fused", "portable"):
-        with pytest.raises(NameError):
+        with pytest.raises(ValueError, match=r"group='batch' names no mapped axis"):
             tfree_jax.info_nce(q, q, group="batch", kernel=kernel)
 
 

@@ -25,6 +25,7 @@ RNG = np.random.default_rng(23)
 PAIRS = RNG.normal(size=(6, 2, 5))
 LABELS = np.array([0, 1, 0, 2, 1, 7])  # label 7 is alone: a SupCon (N, D) anchor without positive
 WEIGHTS = np.array([0.5, 2.0, 0.0, 1.0, 3.0, 1.5])
+RETRIEVAL = RNG.normal(size=(6, 4, 5))  # (query, positive, 2 hard negatives) per sample
 
 # id: (layout, keywords, y_pred); y_true is LABELS throughout (ignored where unread)
 CASES = {
@@ -33,6 +34,7 @@ CASES = {
     "clip-labels": ("info_nce", {"symmetric": True, "use_labels": True}, PAIRS),
     "sup_con-2d": ("sup_con", {}, PAIRS[:, 0]),
     "sup_con-3d": ("sup_con", {}, PAIRS),
+    "retrieval-sym": ("retrieval", {"symmetric": True}, RETRIEVAL),
 }
 
 
@@ -42,6 +44,7 @@ def _np(x) -> np.ndarray:
 
 def _core_none(layout: str, kw: dict, y_pred: np.ndarray, *, cotangent=None):
     """tfree_core's per-anchor losses (and, with ``cotangent``, the gradient) in float64."""
+    function = "info_nce" if layout == "retrieval" else layout
     if layout == "sup_con":
         args, extra = (y_pred, LABELS), {}
     else:
@@ -49,10 +52,14 @@ def _core_none(layout: str, kw: dict, y_pred: np.ndarray, *, cotangent=None):
         extra = {"labels": LABELS} if kw.get("use_labels") else {}
         if kw.get("symmetric"):
             extra["symmetric"] = True
+        if layout == "retrieval":
+            extra["hard_negatives"] = y_pred[:, 2:]
     if cotangent is None:
-        return getattr(tfree_core, layout)(*args, reduction="none", **extra)
-    value_and_grad = getattr(tfree_core, f"{layout}_value_and_grad")
+        return getattr(tfree_core, function)(*args, reduction="none", **extra)
+    value_and_grad = getattr(tfree_core, f"{function}_value_and_grad")
     _, grads = value_and_grad(*args, reduction="none", cotangent=cotangent, **extra)
+    if layout == "retrieval":  # d_query, d_key (N, D) and d_hard_negatives (N, Hn, D)
+        return np.concatenate([grads[0][:, None], grads[1][:, None], grads[2]], axis=1)
     return np.stack(grads, axis=1) if layout != "sup_con" else grads[0]
 
 
@@ -275,25 +282,54 @@ def test_padded_batch_with_weights_equals_eager(case, reduction) -> None:
 
 
 def test_a_layout_is_one_table_entry(monkeypatch) -> None:
-    """The coming retrieval layout (queries, positive documents and hard negatives stacked
-    as ``(N, 2 + H, D)``) needs nothing but its entry."""
-    def retrieval(y_pred, labels, switches):
+    """A layout needs nothing but its entry in the table."""
+    def mined(y_pred, labels, switches):
         return (y_pred[:, 0, :], y_pred[:, 1, :]), {"negatives": y_pred[:, 2:, :]}
 
-    entry = _layouts.KerasLayout("retrieval", "info_nce", "(N, 2 + H, D)", ranks=(3,),
-                                 views=(3, None), labels=False, arguments=retrieval)
-    monkeypatch.setitem(_layouts.LAYOUTS, "retrieval", entry)
-    stacked = RNG.normal(size=(6, 4, 5))
-    loss_fn = TemperatureFreeLoss("retrieval", reduction="none", dtype="float64")
-    want = tfree_core.info_nce(stacked[:, 0], stacked[:, 1], negatives=stacked[:, 2:],
+    entry = _layouts.KerasLayout("moco_mined", "info_nce", "(N, 2 + M, D)", ranks=(3,),
+                                 views=(3, None), labels=False, arguments=mined)
+    monkeypatch.setitem(_layouts.LAYOUTS, "moco_mined", entry)
+    loss_fn = TemperatureFreeLoss("moco_mined", reduction="none", dtype="float64")
+    want = tfree_core.info_nce(RETRIEVAL[:, 0], RETRIEVAL[:, 1], negatives=RETRIEVAL[:, 2:],
                                reduction="none")
-    np.testing.assert_allclose(_np(loss_fn(None, stacked)), want, rtol=1e-12)
-    weighted = TemperatureFreeLoss("retrieval", dtype="float64")(None, stacked,
-                                                                 sample_weight=WEIGHTS)
-    np.testing.assert_allclose(_np(weighted), (WEIGHTS * want).sum() / WEIGHTS.sum(),
-                               rtol=1e-12)
-    with pytest.raises(ValueError, match=r"\(N, 2 \+ H, D\)"):
+    np.testing.assert_allclose(_np(loss_fn(None, RETRIEVAL)), want, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"\(N, 2 \+ M, D\)"):
         loss_fn(None, PAIRS)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_retrieval_layout_is_info_nce_with_hard_negatives(symmetric) -> None:
+    """``(N, 2 + Hn, D)``: query, positive and hard negatives, each query against every
+    positive and every hard negative of the batch (``tfree_core``'s retrieval layout)."""
+    assert "retrieval" in tfree_keras.LAYOUTS
+    loss_fn = TemperatureFreeLoss("retrieval", symmetric=symmetric, dtype="float64")
+    want = tfree_core.info_nce(RETRIEVAL[:, 0], RETRIEVAL[:, 1],
+                               hard_negatives=RETRIEVAL[:, 2:], symmetric=symmetric)
+    np.testing.assert_allclose(_np(loss_fn(None, RETRIEVAL)), want, rtol=1e-12)
+    # the hard negatives are candidates of every query: not the MoCo layout, nor pairs
+    pairs = tfree_core.info_nce(RETRIEVAL[:, 0], RETRIEVAL[:, 1], symmetric=symmetric)
+    assert abs(want - pairs) > 1e-3
+    if not symmetric:
+        moco = tfree_core.info_nce(RETRIEVAL[:, 0], RETRIEVAL[:, 1],
+                                   negatives=RETRIEVAL[:, 2:])
+        assert abs(want - moco) > 1e-3
+    temperature = TemperatureFreeLoss("retrieval", symmetric=symmetric, dtype="float64",
+                                      logit_map="temperature", temperature=0.05)
+    np.testing.assert_allclose(
+        _np(temperature(None, RETRIEVAL)),
+        tfree_core.info_nce(RETRIEVAL[:, 0], RETRIEVAL[:, 1], hard_negatives=RETRIEVAL[:, 2:],
+                            symmetric=symmetric, logit_map="temperature", temperature=0.05),
+        rtol=1e-12)
+
+
+def test_retrieval_layout_shapes() -> None:
+    loss_fn = TemperatureFreeLoss("retrieval")
+    for bad in (PAIRS, PAIRS[:, 0]):  # no hard negative; rank 2
+        with pytest.raises(ValueError, match=r"layout='retrieval' needs y_pred of shape "
+                                             r"\(N, 2 \+ Hn, D\), query, positive"):
+            loss_fn(None, bad)
+    with pytest.raises(ValueError, match="use_labels=True applies to layout 'info_nce'"):
+        TemperatureFreeLoss("retrieval", use_labels=True)
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -77,6 +77,8 @@ def _count(kind: str) -> None:
 def _eager_cases(backend: str) -> list:
     cases = []
     for case in bad.CASES:
+        if backend not in case.backends:
+            continue
         if backend in ("jax", "tf") and "device" in case.tags:
             continue  # one device in this process: see test_device_cases_in_subprocess
         cases.append(pytest.param(case, id=case.id))
@@ -90,6 +92,8 @@ def _catalogue_params(backends, traced: bool = False):
             case = param.values[0]
             if traced and "device" in case.tags and backend != "torch":
                 continue  # no device while tracing (jax.jit), or one device (tf)
+            if traced and "raw" in case.tags:
+                continue  # jax.jit and tf.function convert NumPy arguments themselves
             out.append(pytest.param(backend, case, id=f"{backend}-{case.id}"))
     return out
 
@@ -372,5 +376,7 @@ def test_ran_every_case_on_every_backend():
         pytest.skip("run with the whole file to count the cases")
     assert RAN.get("core") == len(bad.CASES)
     for backend in INSTALLED:
-        assert RAN.get(f"eager-{backend}", 0) == len(bad.CASES), (backend, RAN)
+        cases = [case for case in bad.CASES if backend in case.backends]
+        assert len(cases) > len(bad.CASES) // 2, (backend, "most cases are for every backend")
+        assert RAN.get(f"eager-{backend}", 0) == len(cases), (backend, RAN)
     print("\ncatalogue cases run:", json.dumps(RAN, sort_keys=True))

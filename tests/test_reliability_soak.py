@@ -59,6 +59,21 @@ def test_soak(run):
         print("\n" + report)
 
 
+@pytest.mark.long
+@pytest.mark.parametrize("run", [r for r in soak.RUNS if _available(r)])
+def test_soak_ten_thousand_steps(run):
+    """The long setting (``pytest -m long``; minutes per run): 10 000 steps, the same
+    checks; RSS growth within the CI bound, objects within a few."""
+    for r in soak.run(run, 10_000):
+        report = (f"{r.run}: {r.steps} steps, RSS +{r.rss_growth_mib:.2f} MiB, objects "
+                  f"{r.object_growth:+d}, {r.extra}")
+        assert r.nonfinite_steps == 0, report
+        assert r.last_mean < r.first_mean, report
+        assert r.object_growth <= MAX_OBJECT_GROWTH, report
+        assert r.rss_growth_mib <= MAX_RSS_GROWTH_MIB, report
+        print("\n" + report)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 def test_soak_detects_a_leak(monkeypatch):
     """The detector is not blind: a loss that keeps one tensor per step is caught."""

@@ -174,11 +174,54 @@ def _plain_reduce(losses_and_has, reduction):
     return tf.reduce_sum(losses) / tf.maximum(tf.reduce_sum(tf.cast(has, losses.dtype)), 1.0)
 
 
+def _plain_retrieval(case: Case, xs: list, reduction: str, **options):
+    """In-batch plus hard negatives: query ``i`` against every live key and every live,
+    unmasked hard negative, minus the duplicates of its positive (the candidates whose id
+    is ``key_ids[i]``); symmetric: key ``i`` against the live queries, the same way."""
+    extra = dict(case.extra)
+    n = xs[0].shape[0]
+    live = np.ones(n, bool) if extra.get("where") is None else np.asarray(extra["where"])
+    key_ids = extra.get("key_ids")
+    uq, uk = _plain_normalize(xs[0]), _plain_normalize(xs[1])
+    columns, col_live, col_ids = [uk], [live], [key_ids]
+    if len(xs) == 3:
+        hn = xs[2].shape[1]
+        columns.append(_plain_normalize(tf.reshape(xs[2], (n * hn, -1))))
+        mask = np.ones((n, hn), bool) if extra.get("hard_negative_mask") is None \
+            else np.asarray(extra["hard_negative_mask"])
+        col_live.append((mask & live[:, None]).reshape(-1))
+        hard_ids = extra.get("hard_negative_ids")
+        col_ids.append(None if hard_ids is None else np.asarray(hard_ids).reshape(-1))
+    s = tf.matmul(uq, tf.concat(columns, axis=0), transpose_b=True)
+    cand = live[:, None] & np.concatenate(col_live)[None, :]
+    pos = np.zeros(cand.shape, bool)
+    pos[np.arange(n), np.arange(n)] = True
+    if key_ids is not None:
+        ids = np.concatenate([np.full(n * hn, -1) if i is None else i for i in col_ids[1:]]
+                             ) if len(col_ids) > 1 else np.zeros(0, int)
+        duplicate = np.asarray(key_ids)[:, None] == np.concatenate([key_ids, ids])[None, :]
+        cand &= ~duplicate | pos
+    forward = _plain_reduce(_plain_anchor_losses(s, cand, pos & cand, **options), reduction)
+    if not extra.get("symmetric"):
+        return forward
+    back_cand = live[:, None] & live[None, :]
+    if key_ids is not None:
+        back_cand &= ~(np.asarray(key_ids)[:, None] == np.asarray(key_ids)[None, :]) \
+            | np.eye(n, dtype=bool)
+    back_pos = np.eye(n, dtype=bool) & back_cand
+    st = tf.matmul(uk, uq, transpose_b=True)
+    backward = _plain_reduce(_plain_anchor_losses(st, back_cand, back_pos, **options),
+                             reduction)
+    return (forward + backward) / 2
+
+
 def plain_transcription(case: Case, xs: list, reduction: str, **options):
     """SPEC §2-§3 for ``case`` in plain TF (no analytic gradient, no tricks)."""
     extra = dict(case.extra)
     where = extra.get("where")
     red = _plain_reduce
+    if "hard_negatives" in case.inputs or extra.get("key_ids") is not None:
+        return _plain_retrieval(case, xs, reduction, **options)
     if case.name.startswith("pairs"):
         uq, uk = _plain_normalize(xs[0]), _plain_normalize(xs[1])
         s = tf.matmul(uq, uk, transpose_b=True)

@@ -4,6 +4,17 @@ The loss maps a cosine similarity ``s`` to the logit ``φ(s) = 2·atanh(s)`` ins
 ``s/τ``, so there is no temperature to tune. This package is the canonical implementation,
 written once against the Python Array API standard; ``tfree_torch``, ``tfree_jax`` and
 ``tfree_tf`` wire it into each framework. Importing it imports no deep-learning framework.
+
+Every loss has a ``*_value_and_grad`` twin that returns the analytic gradient as well:
+
+```python
+import numpy as np
+import tfree_core
+
+rng = np.random.default_rng(0)
+query, key = rng.normal(size=(8, 16)), rng.normal(size=(8, 16))
+loss, (d_query, d_key) = tfree_core.info_nce_value_and_grad(query, key)
+```
 """
 
 from ._api import (

@@ -38,6 +38,97 @@ class CoreRuntime(Runtime):
     """The core on an Array API namespace: ``with_grad`` returns ``(loss, gradients)``."""
 
     notes = _NOTES
+    examples: Mapping[str, str] = {
+        "info_nce": """
+            import numpy as np
+            import tfree_core
+
+            rng = np.random.default_rng(0)
+            query, key = rng.normal(size=(8, 16)), rng.normal(size=(8, 16))
+            loss = tfree_core.info_nce(query, key)  # float64, near log 8 = 2.08
+            clip = tfree_core.info_nce(query, key, symmetric=True)
+            assert loss.shape == () and clip.shape == ()
+        """,
+        "nt_xent": """
+            import numpy as np
+            import tfree_core
+
+            rng = np.random.default_rng(0)
+            z1, z2 = rng.normal(size=(8, 16)), rng.normal(size=(8, 16))
+            per_anchor = tfree_core.nt_xent(z1, z2, reduction="none")
+            assert per_anchor.shape == (16,)  # the z1 anchors first
+        """,
+        "sup_con": """
+            import numpy as np
+            import tfree_core
+
+            views = np.random.default_rng(0).normal(size=(8, 2, 16))  # (N, V, D)
+            labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+            per_anchor = tfree_core.sup_con(views, labels, reduction="none")
+            assert per_anchor.shape == (8, 2)
+        """,
+        "loss_from_similarity": """
+            import numpy as np
+            import tfree_core
+
+            rng = np.random.default_rng(0)
+            similarity = rng.uniform(-1, 1, size=(4, 6))
+            positive_mask = np.eye(4, 6, dtype=bool)
+            valid_mask = np.ones((4, 6), dtype=bool)
+            valid_mask[0, 5] = False
+            loss = tfree_core.loss_from_similarity(similarity, positive_mask,
+                                                   valid_mask=valid_mask)
+        """,
+        "logits": """
+            import math
+
+            import numpy as np
+            import tfree_core
+
+            phi = tfree_core.logits(np.array([0.0, 0.5, 1.0]))
+            assert phi[0] == 0.0 and math.isclose(phi[1], math.log(3))
+            assert math.isclose(phi[2], 14.508657, rel_tol=1e-7)  # the cap at eps = 1e-6
+        """,
+        "info_nce_value_and_grad": """
+            import numpy as np
+            import tfree_core
+
+            rng = np.random.default_rng(0)
+            query, key = rng.normal(size=(8, 16)), rng.normal(size=(8, 16))
+            loss, (d_query, d_key) = tfree_core.info_nce_value_and_grad(query, key)
+            assert d_query.shape == query.shape and d_key.shape == key.shape
+        """,
+        "nt_xent_value_and_grad": """
+            import numpy as np
+            import tfree_core
+
+            rng = np.random.default_rng(0)
+            z1, z2 = rng.normal(size=(8, 16)), rng.normal(size=(8, 16))
+            losses, (d_z1, d_z2) = tfree_core.nt_xent_value_and_grad(
+                z1, z2, reduction="none", cotangent=np.ones(16))  # Σ of the 16 losses
+            assert losses.shape == (16,) and d_z1.shape == z1.shape
+        """,
+        "sup_con_value_and_grad": """
+            import numpy as np
+            import tfree_core
+
+            rng = np.random.default_rng(0)
+            features = rng.normal(size=(8, 16)).astype(np.float32)
+            labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+            loss, (d_features,) = tfree_core.sup_con_value_and_grad(features, labels)
+            assert d_features.dtype == np.float32
+        """,
+        "loss_from_similarity_value_and_grad": """
+            import numpy as np
+            import tfree_core
+
+            rng = np.random.default_rng(0)
+            similarity = rng.uniform(-1, 1, size=(4, 6))
+            loss, (d_similarity,) = tfree_core.loss_from_similarity_value_and_grad(
+                similarity, np.eye(4, 6, dtype=bool))
+            assert d_similarity.shape == (4, 6)
+        """,
+    }
 
     def __init__(self, with_grad: bool) -> None:
         self.with_grad = with_grad
@@ -48,11 +139,19 @@ class CoreRuntime(Runtime):
             check.check_one_library(named)
 
     def namespace(self, arrays: tuple[Array | None, ...], extras: Mapping[str, Any]) -> Namespace:
-        return namespace_of(*arrays, xp=extras["xp"])
+        xp = extras["xp"]
+        if xp is not None and not callable(getattr(xp, "asarray", None)):
+            raise TypeError(
+                "xp must be an array namespace (a module such as numpy or array_api_strict, "
+                f"or array_api_compat.array_namespace(x)) or None; got {type(xp).__name__}"
+            )
+        return namespace_of(*arrays, xp=xp)
 
     def check_call(self, problem: Problem, arrays: tuple[Array | None, ...],
                    extras: Mapping[str, Any], xp: Namespace) -> None:
         cotangent = extras.get("cotangent")
+        if isinstance(cotangent, bool):
+            raise TypeError("cotangent must be a real number or an array; got bool")
         if cotangent is not None and not isinstance(cotangent, (int, float)):
             namespace_of(arrays[0], cotangent)
             check.check_cotangent(cotangent, loss_shape(problem, arrays),
@@ -68,8 +167,9 @@ class CoreRuntime(Runtime):
         else:
             loss, residuals = forward(problem, arrays, xp)
             finish = backward
-        return loss, finish(problem, residuals, _cotangent(extras["cotangent"], problem, arrays,
-                                                            loss, xp), xp)
+        cotangent = _cotangent(extras["cotangent"], problem, arrays, loss, xp)
+        grads = finish(problem, residuals, cotangent, xp)
+        return loss, tuple(g for g in grads if g is not None)  # of the inputs given
 
     def logit_map(self, similarity: Any, eps: float, extras: Mapping[str, Any]) -> Any:
         return _maps.logits(similarity, eps, namespace_of(similarity, xp=extras["xp"]))
@@ -100,4 +200,6 @@ info_nce, nt_xent, sup_con, loss_from_similarity, logits = build(
                     "formulas of SPEC §2 (not by autodiff), each cast to its input's dtype.",
             returns="``(loss, gradients)``: the loss as ``{name}`` returns it and the "
                     "gradients {gradients}.",
+            examples="The loss and its analytic gradient, one array per differentiable "
+                     "input, in that input's dtype.",
             functions=tuple(LOSSES)))

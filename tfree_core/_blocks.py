@@ -57,9 +57,13 @@ class Tiling:
     ``anchors`` ``(n, D)``; ``candidates`` ``(m, D)``, or ``(n, m, D)`` when ``per_row``.
     ``where_rows`` ``(n,)`` / ``where_cols`` ``(m,)``: row masks of the anchors and the
     candidates. ``row_labels`` / ``col_labels``: the masked kernel's labels (positives:
-    equal labels). ``diagonal``: drop the self-pair ``j = row_offset + i``. ``partner``:
-    per anchor, a candidate index to drop (NT-Xent's other view). ``row_offset``: the
-    candidate index of anchor row 0 (a Python int, or a 0-d integer array under tracing).
+    equal labels). ``row_ids`` / ``col_ids``: identities (document ids) of each anchor's
+    positive and of each candidate; a candidate with the id of the anchor's positive is a
+    duplicate of it, not a negative, and is dropped (the positive itself lies outside the
+    matrix, or is dropped as the self-pair). ``diagonal``: drop the self-pair
+    ``j = row_offset + i``. ``partner``: per anchor, a candidate index to drop (NT-Xent's
+    other view). ``row_offset``: the candidate index of anchor row 0 (a Python int, or a
+    0-d integer array under tracing).
     """
 
     anchors: Array
@@ -69,6 +73,8 @@ class Tiling:
     where_cols: Array | None = None
     row_labels: Array | None = None
     col_labels: Array | None = None
+    row_ids: Array | None = None
+    col_ids: Array | None = None
     diagonal: bool = False
     partner: Array | None = None
     row_offset: int | Array = 0
@@ -111,8 +117,8 @@ class Tiling:
 
     def keep(self, r: Rows, live: Array | None, dead_rows: bool, xp: Namespace) -> Array | None:
         """The candidates of rows ``r`` (``None``: all of them): no self-pair, no partner,
-        no masked row or column, no dead row (``dead_rows``: where a dead row could reach
-        a column statistic; elsewhere its anchor weight is 0)."""
+        no masked row or column, no duplicate of the positive, no dead row (``dead_rows``:
+        where a dead row could reach a column statistic; elsewhere its anchor weight is 0)."""
         keep = None
         if self.diagonal or self.partner is not None:
             cols = xp.arange(self.m, device=device_of(self.anchors))
@@ -125,6 +131,8 @@ class Tiling:
             keep = _and(keep, take(self.where_rows, r, xp)[:, None], xp)
         if self.where_cols is not None:
             keep = _and(keep, self.where_cols[None, :], xp)
+        if self.row_ids is not None:
+            keep = _and(keep, self.col_ids[None, :] != take(self.row_ids, r, xp)[:, None], xp)
         if dead_rows and live is not None:
             keep = _and(keep, live[:, None], xp)
         return keep

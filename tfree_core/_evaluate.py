@@ -122,19 +122,26 @@ ONE_DEVICE = _OneDevice()
 
 
 def python_loop(xp: Namespace) -> Loop:
-    """The default driver: a Python ``for`` over the blocks, in order.
+    """The default driver, for namespaces whose arrays are mutable (NumPy, PyTorch,
+    array-api-strict): a Python ``for`` over the blocks, in order.
 
     ``loop(body, n_blocks, carry) -> (carry, stacked)`` calls ``carry, out = body(b, carry)``
-    for ``b = 0 .. n_blocks - 1`` and stacks each output over the blocks (a new leading
-    axis of length ``n_blocks``), as ``jax.lax.scan`` does.
+    for ``b = 0 .. n_blocks - 1`` and writes each output into row ``b`` of an array with a
+    new leading axis of length ``n_blocks``, as ``jax.lax.scan`` stacks them. The stacked
+    outputs are allocated once, after the first block, so no allocation outlives a block:
+    kept per-block outputs between the blocks' large temporaries fragment the C heap
+    (glibc kept gigabytes of freed blocks of ``S`` that way in PyTorch on a CPU).
     """
 
     def loop(body: Body, n_blocks: int, carry: Carry) -> tuple[Carry, tuple[Array, ...]]:
-        per_block = []
+        stacked: tuple[Array, ...] | None = None
         for index in range(n_blocks):
             carry, outputs = body(index, carry)
-            per_block.append(outputs)
-        return carry, tuple(xp.stack(list(parts), axis=0) for parts in zip(*per_block, strict=True))
+            if stacked is None:  # made from the first outputs: batched under torch.vmap
+                stacked = tuple(xp.stack([out] * n_blocks) for out in outputs)
+            for target, out in zip(stacked, outputs, strict=True):
+                target[index, ...] = out
+        return carry, stacked or ()
 
     return loop
 
@@ -240,7 +247,7 @@ def _merge_shift(
     """Online softmax: ``(m', m' made finite, e^(m - m'))`` for one more block of rows."""
     m_new = xp.maximum(m_old, fmap.block_max(s, keep, 0, xp))
     finite = _finite(m_new, xp)
-    return m_new, finite, xp.exp(m_old - finite)  # e^(-inf) = 0 while m is still empty
+    return m_new, finite, fmap.rescale(m_old, finite, xp)  # 0 while m is still -inf
 
 
 def _single_columns(
@@ -266,9 +273,9 @@ def _masked_columns(
     negatives, positives, count, log_sum, m_old = carry
     m_new, finite, factor = _merge_shift(fmap, m_old, s, valid, xp)
     neg, pos, cnt, logs = masked_sums(s, positive, valid, finite[None, :], fmap, 0, xp)
-    # Σ_p (ℓ_jp - m) moves by -|P(j)|·Δm when the shift moves by Δm
+    # Σ_p (ℓ_jp - m/τ) moves by -|P(j)|·Δm/τ when the shift moves by Δm
     return (negatives * factor + neg, positives * factor + pos, count + cnt,
-            log_sum - count * (finite - _finite(m_old, xp)) + logs, m_new)
+            log_sum - count * fmap.logit(finite - _finite(m_old, xp), xp) + logs, m_new)
 
 
 def _column_carry(problem: Problem, fmap: LogitMap, t: Blocks, xp: Namespace) -> Carry:
@@ -297,11 +304,11 @@ def _combine_columns(
     *sums, m_local = carry
     m_global = comm.all_reduce_max(m_local)
     finite = _finite(m_global, xp)
-    factor = xp.exp(m_local - finite)  # 0 where this rank has no entry (m_local = -inf)
+    factor = fmap.rescale(m_local, finite, xp)  # 0 where this rank has no entry
     if problem.masked:
         negatives, positives, count, log_sum = sums
         sums = [negatives * factor, positives * factor, count,
-                log_sum - count * (finite - _finite(m_local, xp))]
+                log_sum - count * fmap.logit(finite - _finite(m_local, xp), xp)]
     else:
         sums = [sums[0] * factor]
     return (*_rows_of(comm.all_reduce_sum(xp.stack(sums, axis=0))), m_global)
@@ -322,10 +329,10 @@ def _finish_columns(
     s_positive, has = single
     negatives = carry[0]
     shift = None
-    if fmap.needs_shift:  # as the row direction: max(kept maximum, positive logit)
+    if fmap.needs_shift:  # as the row direction: max(kept maximum, positive)
         m = carry[1]  # -inf for a column without negatives, where N = 0
         shift = fmap.single_shift(m, s_positive, xp)
-        negatives = negatives * xp.exp(m - shift)  # N was summed relative to m (finite)
+        negatives = negatives * fmap.rescale(m, shift, xp)  # N was summed relative to m
     return single_finish(negatives, s_positive, has, shift, fmap, xp)
 
 
@@ -359,10 +366,18 @@ def _block_forward(
 
 
 def _scaled_total(total: Array, count: Array, reduction: str, world: int, xp: Namespace):
-    """This rank's share: ``W·Σ_local / n_global`` (mean) or ``W·Σ_local`` (sum)."""
+    """This rank's share of a scalar: ``W·total / n_global`` (mean) or ``W·total`` (sum)."""
     if reduction == "sum":
         return total * world
     return total * world / xp.maximum(count, scalar(1.0, count, xp))
+
+
+def _reduced(per_anchor: Array, count: Array, reduction: str, world: int, xp: Namespace):
+    """This rank's loss: ``W·Σ_local L_i / n_global`` (mean; as ``Σ_local (L_i/n)``, which
+    stays finite whenever the mean does) or ``W·Σ_local L_i`` (sum)."""
+    if reduction == "sum":
+        return xp.sum(per_anchor) * world
+    return xp.sum(per_anchor / xp.maximum(count, scalar(1.0, count, xp))) * world
 
 
 def forward(
@@ -402,7 +417,7 @@ def forward(
     reduction = problem.options.reduction
     world = comm.world_size
     values = [per_anchor if reduction == "none" else
-              _scaled_total(xp.sum(per_anchor), total, reduction, world, xp)
+              _reduced(per_anchor, total, reduction, world, xp)
               for per_anchor, _, total in directions]
     loss = values[0] if len(values) == 1 else (values[0] + values[1]) / 2
     if reduction == "none":
@@ -507,7 +522,7 @@ def backward(
         mine = _weights(spec.local_columns(count_of(cols_st), t, xp), kept.totals[1],
                         reduction, cotangent, scale, world, xp)
         # every rank's column weights: each rank weighs its own keys with its cotangent
-        directions.append((0, cols_st, spec.to_columns(mine, comm, xp)))
+        directions.append((0, cols_st, spec.to_columns(mine, t, comm, xp)))
     g_positive = None
     factors: Any = tuple(directions)
     if not problem.masked:
@@ -536,7 +551,16 @@ def backward(
         # Gᵀ·U_a of every rank, summed, back to the rank that holds those candidates
         du_c = comm.reduce_scatter_sum(du_c)
     grads = spec.gradients(problem, kept.saved, du_a, du_c, g_positive, xp)
-    return tuple(cast_like(gr, dt, xp) for gr, dt in zip(grads, problem.dtypes, strict=True))
+    return _in_dtypes(grads, problem, xp)
+
+
+def _in_dtypes(grads: tuple[Array | None, ...], problem: Problem, xp: Namespace,
+               factor: Array | None = None) -> tuple[Array | None, ...]:
+    """Each gradient (times ``factor``) cast to its input's dtype; ``None`` for an optional
+    differentiable input that is absent (``hard_negatives=None``)."""
+    return tuple(None if gr is None else cast_like(gr if factor is None else gr * factor,
+                                                   dt, xp)
+                 for gr, dt in zip(grads, problem.dtypes, strict=True))
 
 
 # --------------------------------------------------------------------------- one pass
@@ -595,12 +619,12 @@ def value_and_grad(
     du_c = per_row[3] if t.per_row else carry[0]
     g_positive = None if problem.masked else per_row[-1]
     reduction = problem.options.reduction
-    loss = _scaled_total(xp.sum(losses), xp.sum(xp.astype(count > 0, dtype)), reduction, 1, xp)
+    loss = _reduced(losses, xp.sum(xp.astype(count > 0, dtype)), reduction, 1, xp)
     grads = spec.gradients(problem, saved, du_a, du_c, g_positive, xp)
     if reduction == "mean":
         anchors = xp.sum(xp.astype(count > 0, dtype))
         factor = 1 / xp.maximum(anchors, scalar(1.0, anchors, xp))
-        grads = tuple(gr * factor for gr in grads)
+        grads = tuple(None if gr is None else gr * factor for gr in grads)
     return loss, grads
 
 
@@ -609,5 +633,5 @@ def scale_gradients(
 ) -> tuple[Array, ...]:
     """``cotangent · grads`` (the gradients of :func:`value_and_grad`), each cast to its
     input's dtype."""
-    return tuple(cast_like(g * cast_like(cotangent, g.dtype, xp), dt, xp)
-                 for g, dt in zip(grads, problem.dtypes, strict=True))
+    present = next(g for g in grads if g is not None)
+    return _in_dtypes(grads, problem, xp, cast_like(cotangent, present.dtype, xp))

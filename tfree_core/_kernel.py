@@ -4,7 +4,7 @@ Every layout reduces to this (SPEC §2.5-§2.6, "Analytic gradient"). Anchors li
 rows (``axis=1``: reduce over the columns) or along columns (``axis=0``), or both for a
 symmetric loss, which then shares one matrix.
 
-Per anchor ``i``, with ratios ``R_ij = exp(ℓ_ij - shift_i)`` (see ``_maps``),
+Per anchor ``i``, with ratios ``R_ij = exp(ℓ_ij - ℓ_shift_i)`` (see ``_maps``),
 ``Q_i = Σ_{p∈P(i)} R_ip`` and ``N_i = Σ_{j∈C(i)∖P(i)} R_ij``::
 
     L_i = -(1/|P(i)|) Σ_{p∈P(i)} [ℓ_ip - logsumexp_{j∈C(i)} ℓ_ij]
@@ -115,7 +115,7 @@ def single_scales(
         total = _safe(st.negatives + r_positive, st.has_positive, xp)
         scaled = coef / total
         per_anchor.append((axis, scaled, st.shift))
-        positive_grads.append(-scaled * fmap.slope(st.s_positive, xp) * st.negatives)
+        positive_grads.append(fmap.times_slope(-scaled * st.negatives, st.s_positive, xp))
     return tuple(per_anchor), tuple(positive_grads)
 
 
@@ -135,8 +135,7 @@ def single_weights(
         return g
     g = None
     for axis, scaled, shift in per_anchor:
-        w = fmap.weight(s, along(shift, axis), keep, xp)
-        w *= along(scaled, axis)
+        w = fmap.scaled_weight(s, along(shift, axis), keep, along(scaled, axis), xp)
         g = w if g is None else g + w
     return g
 
@@ -231,13 +230,12 @@ def masked_gradient(
         scaled = along(coef / _safe(st.negatives + st.positives, has_positive, xp), axis)
         safe_count = _safe(st.count, has_positive, xp)
         shift_b = None if st.shift is None else along(st.shift, axis)
-        w = fmap.weight(s, shift_b, valid, xp)
-        w *= scaled
+        w = fmap.scaled_weight(s, shift_b, valid, scaled, xp)
         spread = w if spread is None else spread + w
         centred = fmap.ratio(s, shift_b, valid, xp)
         centred -= along(st.positives / safe_count, axis)
         centred -= along(st.negatives / safe_count, axis)
-        centred *= fmap.slope(s, xp)
         centred *= scaled
+        centred = fmap.times_slope(centred, s, xp)
         on_positive = centred if on_positive is None else on_positive + centred
     return xp.where(positive, on_positive, spread)

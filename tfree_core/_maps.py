@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _validation as check
 from ._namespace import Array, Namespace, fuses_elementwise, scalar, to_compute
-from ._options import Options, check_eps_for_dtype, make_options
+from ._options import Options, check_for_dtype, make_options
 
 
 def _fresh(x: Array, s: Array, xp: Namespace) -> Array:
@@ -92,6 +92,18 @@ class ArctanhMap:
         c = xp.clip(s, -self.bound, self.bound)
         return xp.where(c == s, 2 / ((1 - c) * (1 + c)), scalar(0.0, s, xp))
 
+    def times_slope(self, x: Array, s: Array, xp: Namespace) -> Array:
+        """``x·φ'(s)``."""
+        return x * self.slope(s, xp)
+
+    def scaled_weight(
+        self, s: Array, shift: None, keep: Array | None, scaled: Array, xp: Namespace
+    ) -> Array:
+        """``scaled·R·φ'`` (``scaled``: broadcast per anchor)."""
+        w = self.weight(s, None, keep, xp)
+        w *= scaled
+        return w
+
     def weight(self, s: Array, shift: None, keep: Array | None, xp: Namespace) -> Array:
         """``R·φ' = 2/(1-c)²`` inside the clip and in ``keep``, else 0.
 
@@ -152,7 +164,14 @@ class ArctanhMap:
 
 
 class TemperatureMap:
-    """``ℓ = s/τ``, the InfoNCE baseline (for comparisons and peer checks)."""
+    """``ℓ = s/τ``, the InfoNCE baseline (for comparisons and peer checks).
+
+    The max-shift ``m`` is kept in similarity units and every exponent is formed as
+    ``(s - m)/τ <= 0``: ``s/τ`` itself is never computed, so no ``inf - inf`` arises at a
+    tiny ``τ`` or a huge similarity (``loss_from_similarity`` takes any ``S``); an
+    exponent past the dtype's range is ``-inf``, whose ratio is exactly 0. Derivatives
+    divide by ``τ`` last (``x/τ``, never ``x·(1/τ)``), so a zero stays zero.
+    """
 
     needs_shift = True
 
@@ -161,55 +180,69 @@ class TemperatureMap:
         self.temperature = options.temperature
 
     def shift(self, s: Array, keep: Array | None, axis: int, xp: Namespace) -> Array:
-        """``m``: the largest kept logit of each anchor (0 for an anchor with none)."""
+        """``m``: the largest kept similarity of each anchor (0 for an anchor with none)."""
         m = self.block_max(s, keep, axis, xp)
         return xp.where(xp.isfinite(m), m, scalar(0.0, m, xp))
 
     def block_max(self, s: Array, keep: Array | None, axis: int, xp: Namespace) -> Array:
-        """The largest kept logit along ``axis``, ``-inf`` where nothing is kept (the
+        """The largest kept similarity along ``axis``, ``-inf`` where nothing is kept (the
         neutral element of a running maximum over blocks of the matrix)."""
-        logit = s / self.temperature
         if keep is not None:
-            logit = xp.where(keep, logit, scalar(-float("inf"), s, xp))
-        return xp.max(logit, axis=axis)
+            s = xp.where(keep, s, scalar(-float("inf"), s, xp))
+        return xp.max(s, axis=axis)
+
+    def rescale(self, m_old: Array, m_new: Array, xp: Namespace) -> Array:
+        """``e^((m_old - m_new)/τ)``: sums taken relative to ``m_old``, moved to ``m_new``
+        (0 where ``m_old`` is still ``-inf``)."""
+        return xp.exp((m_old - m_new) / self.temperature)
+
+    def logit(self, difference: Array, xp: Namespace) -> Array:
+        """A difference of similarities as a difference of logits, ``Δs/τ``."""
+        return difference / self.temperature
 
     def single_shift(self, shift: Array, s_positive: Array, xp: Namespace) -> Array:
-        """With the positive outside the matrix: ``m = max(m_negatives, s_p/τ)``.
+        """With the positive outside the matrix: ``m = max(m_negatives, s_p)``.
 
-        Given the raw maximum (``-inf`` for an anchor without negatives), ``m = s_p/τ``
+        Given the raw maximum (``-inf`` for an anchor without negatives), ``m = s_p``
         there, so ``Q = 1`` and ``L = log1p(0) = 0`` exactly (a 0 fallback would leave
         ``Q = e^(s_p/τ)``, which rounds ``(Q - 1) + N`` to -1 for a far-off positive)."""
-        return xp.maximum(shift, s_positive / self.temperature)
+        return xp.maximum(shift, s_positive)
 
     def ratio(self, s: Array, shift: Array, keep: Array | None, xp: Namespace) -> Array:
-        """``R = exp(s/τ - m)``; dropped entries become ``exp(-inf) = 0`` before they overflow."""
-        exponent = s / self.temperature
-        exponent -= shift
+        """``R = exp((s - m)/τ)``; dropped entries become ``exp(-inf) = 0``."""
+        exponent = s - shift
+        exponent /= self.temperature
         if keep is not None:
             exponent = xp.where(keep, exponent, scalar(-float("inf"), s, xp))
         return xp.exp(exponent)
 
     def positive_ratio(self, s_positive: Array, shift: Array, xp: Namespace) -> Array:
-        return xp.exp(s_positive / self.temperature - shift)
+        return xp.exp((s_positive - shift) / self.temperature)
 
     def log_ratio(
         self, s: Array, ratio: Array, shift: Array, positive: Array, xp: Namespace
     ) -> Array:
-        """``s/τ - m`` on the positives (never ``log`` of a ratio that may have underflowed)."""
-        return xp.where(positive, s / self.temperature - shift, scalar(0.0, s, xp))
+        """``(s - m)/τ`` on the positives (never ``log`` of a ratio that may have
+        underflowed)."""
+        return xp.where(positive, (s - shift) / self.temperature, scalar(0.0, s, xp))
 
-    def slope(self, s: Array, xp: Namespace) -> Array:
-        return xp.ones_like(s) / self.temperature
+    def times_slope(self, x: Array, s: Array, xp: Namespace) -> Array:
+        """``x·φ'(s) = x/τ``."""
+        return x / self.temperature
 
-    def weight(self, s: Array, shift: Array, keep: Array | None, xp: Namespace) -> Array:
+    def scaled_weight(
+        self, s: Array, shift: Array, keep: Array | None, scaled: Array, xp: Namespace
+    ) -> Array:
+        """``scaled·R·φ' = (scaled·R)/τ`` (``scaled``: broadcast per anchor)."""
         w = self.ratio(s, shift, keep, xp)
+        w *= scaled
         w /= self.temperature
         return w
 
     def single_loss(
         self, negatives: Array, s_positive: Array, shift: Array, xp: Namespace
     ) -> Array:
-        log_positive = s_positive / self.temperature - shift
+        log_positive = (s_positive - shift) / self.temperature
         return self.anchor_loss(negatives, xp.exp(log_positive), log_positive, xp)
 
     def anchor_loss(
@@ -238,7 +271,7 @@ def logits(similarity: Array, eps: float, xp: Namespace) -> Array:
     options = make_options(eps=eps)
     check.check_floating("similarity", similarity, xp)
     float64 = similarity.dtype == xp.float64
-    check_eps_for_dtype(options, float64)
+    check_for_dtype(options, float64)
     bound = options.clip_bound(float64)
     c = xp.clip(to_compute(similarity, xp), -bound, bound)
     return xp.log1p(c) - xp.log1p(-c)

@@ -35,7 +35,17 @@ def namespace_of(*arrays: Array | None, xp: Namespace | None = None) -> Namespac
 
 
 def device_of(x: Array) -> Any:
-    """The device of ``x`` (``None`` where the library cannot tell, e.g. under ``jax.jit``)."""
+    """The device of ``x`` (``None`` where the library cannot tell, e.g. under ``jax.jit``).
+
+    The array's own ``device`` attribute where it has one (torch, NumPy 2, array-api-strict,
+    TensorFlow), which a tracer reads as a constant; ``array_api_compat.device`` for JAX,
+    whose traced arrays have none. (Inside an ``autograd.Function`` compiled by
+    ``torch.compile``, compat's cached class checks would be values of an earlier
+    subgraph.)"""
+    if not type(x).__module__.startswith(("jax", "jaxlib")):
+        device = getattr(x, "device", None)
+        if device is not None and not callable(device):
+            return device
     try:
         return array_api_compat.device(x)
     except Exception:  # libraries without a compat wrapper (the TF shim's tensors)

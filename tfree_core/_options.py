@@ -12,6 +12,9 @@ import numpy as np
 LOGIT_MAPS = ("arctanh", "temperature")
 REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_EPS = 1e-6
+"""The default ``eps`` of every loss and of ``logits``: similarities are clipped to
+``[-b, b]``, ``b`` the largest compute-dtype value ``<= 1 - eps``, which caps the logit
+``2·atanh(b)`` at 14.508657 in float64 and 14.495466 in float32 (SPEC §2.4)."""
 NORM_FLOOR = 1e-12
 """δ of SPEC §2.1: rows with a smaller norm are "zero rows" (as torch's ``F.normalize``)."""
 
@@ -75,13 +78,23 @@ def make_options(
     return Options(logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction)
 
 
-def check_eps_for_dtype(options: Options, float64: bool) -> None:
-    """SPEC §2.4: ``1 - eps`` must stay below 1 in the compute dtype, else the clip is void."""
-    if options.logit_map != "arctanh":
-        return
+def check_for_dtype(options: Options, float64: bool) -> None:
+    """The options against the compute dtype: ``1 - eps`` must stay below 1 (SPEC §2.4,
+    else the clip is void); ``temperature`` must be at least the dtype's smallest normal
+    number, so that the logit differences ``(s - s')/τ`` of cosine similarities
+    (``|s - s'| <= 2``) stay within its range."""
     real = np.float64 if float64 else np.float32
+    name = "float64" if float64 else "float32"
+    if options.logit_map != "arctanh":
+        smallest = float(np.finfo(real).tiny)
+        if options.temperature < smallest:
+            raise ValueError(
+                f"temperature={options.temperature!r} is too small for the {name} compute "
+                f"dtype: it must be at least {smallest:.4g}, its smallest normal number "
+                "(below it the logits s/τ leave the dtype's range)"
+            )
+        return
     if real(1.0 - options.eps) >= 1.0:
-        name = "float64" if float64 else "float32"
         tiny = float(np.finfo(real).epsneg)
         raise ValueError(
             f"eps={options.eps!r} is too small for the {name} compute dtype: 1 - eps rounds "
@@ -90,7 +103,33 @@ def check_eps_for_dtype(options: Options, float64: bool) -> None:
 
 
 def clip_bound(eps: float, *, float64: bool) -> float:
-    """The largest float32 (or float64) value ``<= 1 - eps``, computed exactly."""
+    """The clip bound ``b``: the largest float32 (or float64) value ``<= 1 - eps``,
+    computed exactly (SPEC §2.4).
+
+    Every loss clips its cosine similarities to ``[-b, b]`` before the logit map, so the
+    largest logit is ``2·atanh(b)`` and a pair beyond the bound gets no gradient through
+    the map. Use it to tell whether a batch has collapsed past the clip (see the
+    Troubleshooting page).
+
+    Args:
+        eps: The loss's ``eps`` (``DEFAULT_EPS`` by default), in ``(0, 0.5)``.
+        float64: ``True`` for float64 inputs, ``False`` for the float32 compute dtype
+            (float16, bfloat16 and float32 inputs).
+
+    Returns:
+        ``b`` as a Python float.
+
+    Examples:
+        ```python
+        import math
+
+        import tfree_core
+
+        b = tfree_core.clip_bound(tfree_core.DEFAULT_EPS, float64=False)
+        assert b <= 1 - 1e-6
+        assert math.isclose(2 * math.atanh(b), 14.495466, rel_tol=1e-7)  # the float32 cap
+        ```
+    """
     real = np.float64 if float64 else np.float32
     exact = 1 - Fraction(eps)
     bound = real(1.0 - eps)

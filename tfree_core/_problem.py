@@ -11,7 +11,7 @@ from . import _strategy
 from . import _validation as check
 from ._layouts import Layout, layout
 from ._namespace import Array, Namespace, device_of
-from ._options import AUTO_CHUNK, Options, check_chunk_size, check_eps_for_dtype
+from ._options import AUTO_CHUNK, Options, check_chunk_size, check_for_dtype
 
 
 @dataclass(frozen=True)
@@ -95,5 +95,5 @@ def prepare(
     fused = one_pass and fuses_gradient(problem) and world_size == 1
     rows = _strategy.resolve_chunk_size(chunk_size, n=checked.n, m=m, depth=checked.depth,
                                         float64=float64, kind=kind, one_pass=fused)
-    check_eps_for_dtype(options, float64)
+    check_for_dtype(options, float64)
     return dataclasses.replace(problem, chunk_size=rows)

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from . import _validation as check
 from ._layouts import Layout, layout
 from ._namespace import Array, Namespace
@@ -31,6 +33,21 @@ from ._problem import Problem, prepare
 from ._surface import Param, PublicFunction, Request
 
 Named = tuple[tuple[str, Any], ...]
+
+
+def plain_options(function: PublicFunction, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments with NumPy scalars given for options (``np.float32`` eps,
+    ``np.int64`` chunk size, ``np.True_``) as the Python scalars they stand for: options
+    are static constants of a trace. A 0-d NumPy array counts as a scalar too, because a
+    tracer cannot tell them apart (Dynamo sees both as 0-d arrays), and ``.item()`` is what
+    every tracer folds into a constant."""
+    arrays = set(function.array_names)
+    return {name: value.item() if name not in arrays and _numpy_scalar(value) else value
+            for name, value in args.items()}
+
+
+def _numpy_scalar(value: Any) -> bool:
+    return isinstance(value, (np.generic, np.ndarray)) and value.ndim == 0
 
 
 class Runtime:
@@ -44,6 +61,10 @@ class Runtime:
     notes: Mapping[str, str] = {}
     """Backend facts appended to a parameter's documentation (by name), and to the
     ``Returns`` section (``"returns:loss"``, ``"returns:logits"``)."""
+    examples: Mapping[str, str] = {}
+    """A short, self-contained example per public function (by name, with the variant's
+    suffix: ``"info_nce_value_and_grad"``), shown as the ``Examples`` section of its
+    docstring and run by the docs' tests."""
     libraries: tuple[str, ...] | None = None
     """The array libraries a call may mix (``None``: the first array's library only)."""
     also: tuple[str, ...] = ()
@@ -60,11 +81,15 @@ class Runtime:
     def loss(self, function: PublicFunction, args: Mapping[str, Any]) -> Any:
         """Run one loss call (see the module docstring for the steps)."""
         assert function.select is not None
+        self.check_options(function, args)
+        args = plain_options(function, args)
+        check.check_required([(p.name, args[p.name]) for p in function.positional])
         request = function.select(args)
         spec = layout(request.layout)
         named = tuple(zip(spec.arrays, request.arrays, strict=True))
         extras = {p.name: args[p.name] for p in self.extras if p.applies_to(function.name)}
-        self.check_arrays(named, extras)
+        self.check_arrays(named, extras)  # first: Dynamo cannot trace a NumPy array's dtype
+        check.check_plain_numpy(named)
         check.check_flag("check_finite", args["check_finite"])
         self.check_extras(extras)
         arrays = self.convert(named)
@@ -83,6 +108,9 @@ class Runtime:
         return self.logit_map(args["similarity"], args["eps"], extras)
 
     # ----------------------------------------------------------------- hooks
+
+    def check_options(self, function: PublicFunction, args: Mapping[str, Any]) -> None:
+        """Options the backend cannot take as given (before they are made plain)."""
 
     def check_arrays(self, named: Named, extras: Mapping[str, Any]) -> None:
         """Every array from the accepted libraries (``TypeError``), before anything reads

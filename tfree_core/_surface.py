@@ -68,6 +68,15 @@ class PublicFunction:
     route: str = "loss"
     select: Callable[[Mapping[str, Any]], Request] | None = None
     tileable: bool = True  # whether chunk_size applies (not to a given matrix)
+    examples: str = ""
+    """What every backend's example shows: the opening of the ``Examples`` section, before
+    the runtime's code (``Runtime.examples``)."""
+
+    @property
+    def array_names(self) -> tuple[str, ...]:
+        """The parameters that take arrays (the others are options)."""
+        return tuple(p.name for p in (*self.positional, *self.keywords, SHARED["where"])
+                     if p.kind in (_ARRAY, _OPTIONAL))
 
 
 # --------------------------------------------------------------------------- shared texts
@@ -129,9 +138,18 @@ _RETURNS = ("The loss in the compute dtype (float64 for float64 inputs, float32 
 # --------------------------------------------------------------------------- selection
 
 
+_RETRIEVAL = ("hard_negatives", "hard_negative_mask", "key_ids", "hard_negative_ids")
+
+
 def _info_nce(args: Mapping[str, Any]) -> Request:
     negatives, labels, symmetric = args["negatives"], args["labels"], args["symmetric"]
     check.check_negatives_conflicts(negatives, labels, symmetric)
+    retrieval = [name for name in _RETRIEVAL if args[name] is not None]
+    if retrieval:
+        check.check_retrieval_conflicts(retrieval[0], negatives, labels)
+        return Request("retrieval", (args["query"], args["key"],
+                                     *(args[name] for name in _RETRIEVAL), args["where"]),
+                       symmetric)
     if negatives is not None:
         return Request("negatives", (args["query"], args["key"], negatives, args["where"]))
     return Request("pairs", (args["query"], args["key"], labels, args["where"]), symmetric)
@@ -160,23 +178,45 @@ FUNCTIONS: tuple[PublicFunction, ...] = (
         "The pairs layout (InfoNCE, CLIP) with the temperature-free logit map "
         "(Kim & Kim, arXiv:2501.17683).\n\n"
         "For query ``i`` the candidates ``C(i)`` are all ``N`` keys and the positive is key "
-        "``i`` (with ``labels``: every key of the query's label); with ``negatives``, the "
-        "candidates are key ``i`` and the negatives (MoCo: the other rows' keys are not "
-        "candidates):\n" + _LOSS_FORMULA,
+        "``i`` (with ``labels``: every key of the query's label). With ``hard_negatives`` "
+        "(retrieval: sentence-transformers' MultipleNegativesRankingLoss, DPR) the "
+        "candidates are all keys and all ``N·Hn`` hard negatives of the batch; with "
+        "``negatives`` (MoCo) they are key ``i`` and the negatives, the other rows' keys "
+        "not among them:\n" + _LOSS_FORMULA,
         (_positional("query", "``(N, D)`` embeddings (not normalised: the loss normalises "
                      "rows)."),
          _positional("key", "``(N, D)`` embeddings, one dtype with ``query``.")),
         (Param("negatives", None, _OPTIONAL,
-               "``(M, D)`` shared or ``(N, M, D)`` per-row negatives (MoCo); not with "
-               "``labels`` or ``symmetric`` (``ValueError``)."),
+               "``(M, D)`` shared or ``(N, M, D)`` per-row negatives (MoCo: each query "
+               "against its own key and the negatives only); not with ``labels``, "
+               "``symmetric`` or ``hard_negatives`` (``ValueError``)."),
+         Param("hard_negatives", None, _OPTIONAL,
+               "``(N, Hn, D)`` mined hard negatives: every row's are candidates of every "
+               "query, besides all keys (in-batch plus hard negatives)."),
+         Param("hard_negative_mask", None, _OPTIONAL,
+               "Boolean ``(N, Hn)``: the hard-negative slots that hold one (ragged "
+               "mining); a masked slot is no candidate and its row gets a zero gradient, "
+               "whatever it holds."),
          Param("labels", None, _OPTIONAL,
-               "Integer ``(N,)``: keys with the query's label are its positives."),
+               "Integer ``(N,)``: keys with the query's label are its positives (not with "
+               "``hard_negatives`` or ``key_ids``)."),
+         Param("key_ids", None, _OPTIONAL,
+               "Integer ``(N,)`` identities of the keys (document ids): a candidate with "
+               "the id of query ``i``'s positive, other than the positive itself, is a "
+               "duplicate of it and is dropped from ``i``'s candidates (not a negative; "
+               "unlike ``labels``, it never becomes a positive)."),
+         Param("hard_negative_ids", None, _OPTIONAL,
+               "Integer ``(N, Hn)`` identities of the hard negatives, compared with "
+               "``key_ids`` in the same way (both or neither, with ``hard_negatives``)."),
          Param("symmetric", False, "bool",
                "Average both directions, ``½(L_q→k + L_k→q)`` (CLIP); each direction is "
                "reduced first, ``\"none\"`` gives ``½(L_q,i + L_k,i)`` per pair.")),
         LOSS_KEYWORDS,
         _RETURNS.format(shape="``(N,)``"),
-        gradients="``(d_query, d_key)``, and ``d_negatives`` with ``negatives``",
+        examples="Eight random pairs of 16-d embeddings (key ``i`` is query ``i``'s "
+                 "positive): one direction, then CLIP's symmetric loss.",
+        gradients="``(d_query, d_key)``, and ``d_negatives`` with ``negatives`` or "
+                  "``d_hard_negatives`` with ``hard_negatives``",
         select=_info_nce,
     ),
     PublicFunction(
@@ -195,6 +235,8 @@ FUNCTIONS: tuple[PublicFunction, ...] = (
         + " ``where`` masks the pair ``(z1_i, z2_i)``.",
         gradients="``(d_z1, d_z2)``",
         select=_nt_xent,
+        examples="Two views of 8 examples: 16 anchors, each with its other view as "
+                 "positive (per-anchor losses with ``reduction=\"none\"``).",
     ),
     PublicFunction(
         "sup_con",
@@ -211,6 +253,8 @@ FUNCTIONS: tuple[PublicFunction, ...] = (
         _RETURNS.format(shape="``(N,)`` or ``(N, V)`` like the input"),
         gradients="``(d_features,)``",
         select=_sup_con,
+        examples="Two views each of eight examples in three classes, as ``(N, V, D)``: "
+                 "per-anchor losses of shape ``(N, V)``.",
     ),
     PublicFunction(
         "loss_from_similarity",
@@ -229,6 +273,8 @@ FUNCTIONS: tuple[PublicFunction, ...] = (
         gradients="``(d_similarity,)``",
         select=_similarity,
         tileable=False,
+        examples="A ``4 × 6`` matrix of cosine similarities, the positive of row ``i`` in "
+                 "column ``i``, the last column no candidate of the first row.",
     ),
     PublicFunction(
         "logits",
@@ -242,6 +288,7 @@ FUNCTIONS: tuple[PublicFunction, ...] = (
         ("eps",),
         "``φ`` of every entry, in the compute dtype.",
         route="logits",
+        examples="``φ(0.5) = ln 3``; a similarity past the clip bound gets the cap.",
     ),
 )
 
@@ -255,12 +302,14 @@ FUNCTION_NAMES = tuple(f.name for f in FUNCTIONS)
 class Variant:
     """How a runtime presents the functions: a name suffix (``"_value_and_grad"``), the
     summary's opening line in place of the function's (``{name}`` and ``{gradients}``
-    filled in) and the ``Returns`` text (``None``: the function's)."""
+    filled in), the ``Returns`` text and the opening of the ``Examples`` section
+    (``None``: the function's)."""
 
     suffix: str = ""
     summary: str | None = None
     returns: str | None = None
     functions: tuple[str, ...] = FUNCTION_NAMES
+    examples: str | None = None
 
 
 def parameters(runtime: Runtime, function: PublicFunction) -> tuple[Param, ...]:
@@ -284,22 +333,44 @@ def _docstring(runtime: Runtime, function: PublicFunction, variant: Variant) -> 
         head = variant.summary.format(name=function.name, gradients=function.gradients)
     lines = [head.rstrip(), "", "Args:"]
     for p in parameters(runtime, function):
-        text = p.doc
+        lines.append(_wrap(f"{p.name}: {p.doc}"))
         note = runtime.notes.get(p.name)
-        if note:
-            text = f"{text} {note}"
-        lines.append(_wrap(f"{p.name}: {text}"))
+        if note:  # the backend's facts: a paragraph of their own under the parameter
+            lines += ["", _wrap(note, indent=8)]
     returns = function.returns
     if variant.returns is not None:
         returns = variant.returns.format(name=function.name, gradients=function.gradients)
+    lines += ["", "Returns:", _wrap(returns)]
     note = runtime.notes.get(f"returns:{function.route}")
-    lines += ["", "Returns:", _wrap(returns + (f" {note}" if note else ""))]
+    if note:
+        lines += ["", _wrap(note, indent=8)]
+    lines += _examples(runtime, function, variant)
     return "\n".join(lines) + "\n"
 
 
-def _wrap(text: str) -> str:
-    """One Google-style entry, indented under its section, its continuation lines deeper."""
-    return textwrap.fill(text, width=92, initial_indent="    ", subsequent_indent="        ",
+def _examples(runtime: Runtime, function: PublicFunction, variant: Variant) -> list[str]:
+    """The ``Examples`` section: the function's opening sentence and the runtime's code,
+    a fenced Python block (rendered by the docs, run by the docs' tests)."""
+    code = runtime.examples.get(function.name + variant.suffix)
+    if not code:
+        return []
+    opening = function.examples if variant.examples is None else variant.examples
+    lines = ["", "Examples:"]
+    if opening:
+        lines += [textwrap.fill(opening, width=92, initial_indent="    ",
+                                subsequent_indent="    ", break_on_hyphens=False,
+                                break_long_words=False), ""]
+    lines.append("    ```python")
+    lines += [f"    {line}".rstrip() for line in textwrap.dedent(code).strip().splitlines()]
+    lines.append("    ```")
+    return lines
+
+
+def _wrap(text: str, indent: int = 4) -> str:
+    """One Google-style entry, indented under its section, its continuation lines deeper
+    (a paragraph that continues an entry: ``indent=8``, every line as deep)."""
+    return textwrap.fill(text, width=92, initial_indent=" " * indent,
+                         subsequent_indent=" " * max(indent, 8),
                          break_on_hyphens=False, break_long_words=False)
 
 

@@ -29,6 +29,38 @@ def dtype_name(dtype: Any) -> str:
     return str(name) if name is not None else str(dtype).replace("torch.", "")
 
 
+def check_required(named: Sequence[tuple[str, Any]]) -> None:
+    """The positional arrays of a call are there (``TypeError`` for ``None``)."""
+    for name, x in named:
+        if x is None:
+            raise TypeError(f"{name} is required: an array; got None")
+
+
+def check_plain_numpy(named: Sequence[tuple[str, Any]]) -> None:
+    """NumPy arrays given to any backend are plain NumPy arrays of a numeric dtype:
+    ``np.matrix`` (``*`` is a matrix product), masked arrays (their mask would be
+    ignored) and object arrays have meanings the loss cannot keep (``TypeError``)."""
+    import numpy as np
+
+    for name, x in named:
+        if not isinstance(x, np.ndarray):
+            continue
+        if type(x) is not np.ndarray:
+            raise TypeError(
+                f"{name} is a {type(x).__module__}.{type(x).__name__}, an ndarray subclass "
+                "with semantics of its own; pass a plain array (np.asarray(...)), with "
+                "masked rows given as where="
+            )
+        if x.dtype == object:
+            raise TypeError(f"{name} must be an array of numbers; got dtype object")
+        if x.dtype.kind == "f" and dtype_name(x.dtype) not in _FLOATS:
+            raise TypeError(_cast_down_message(name, x.dtype))  # before a backend casts it
+
+
+# Floating dtypes the loss computes with (SPEC §2.2): anything else would be cast down.
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
 def check_floating(name: str, x: Array, xp: Namespace) -> None:
     if xp.isdtype(x.dtype, "complex floating"):
         raise TypeError(
@@ -40,6 +72,14 @@ def check_floating(name: str, x: Array, xp: Namespace) -> None:
             f"{name} must be a real floating-point array (float16, bfloat16, float32 or "
             f"float64); got dtype {dtype_name(x.dtype)}"
         )
+    if dtype_name(x.dtype).rsplit(".", 1)[-1] not in _FLOATS:  # array_api_strict.float32
+        raise TypeError(_cast_down_message(name, x.dtype))
+
+
+def _cast_down_message(name: str, dtype: Any) -> str:
+    return (f"{name} must be float16, bfloat16, float32 or float64 (the loss computes in "
+            f"float32 or float64 and never casts down); got dtype {dtype_name(dtype)}: "
+            "cast it explicitly")
 
 
 def check_rank(name: str, x: Array, ranks: tuple[int, ...], layout: str) -> None:
@@ -50,7 +90,7 @@ def check_rank(name: str, x: Array, ranks: tuple[int, ...], layout: str) -> None
 
 # The letter of each axis kind in the messages (``(N, V, D)``, ``(M, D)``, ``(N, M)``).
 _AXIS_LETTER = {"row": "N", "sample": "N", "anchor": "N", "view": "V", "feature": "D",
-                "negative": "M", "candidate": "M"}
+                "negative": "M", "candidate": "M", "hard negative": "Hn"}
 
 
 def check_nonempty(name: str, x: Array, axes: Sequence[int], what: Sequence[str]) -> None:
@@ -91,6 +131,17 @@ def check_labels(name: str, labels: Array, n: int | None, xp: Namespace) -> None
     shape = _shape(labels)
     if len(shape) != 1 or not _same(shape[0], n):
         raise ValueError(f"{name} must have shape (N,) with N = {n}; got shape {_fmt(shape)}")
+
+
+def check_ids(name: str, ids: Array, shape: tuple[int | None, ...], xp: Namespace) -> None:
+    """Integer identities of a given shape (document ids)."""
+    if not xp.isdtype(ids.dtype, "integral"):
+        raise TypeError(
+            f"{name} must be an integer array of identities; got dtype {dtype_name(ids.dtype)}"
+        )
+    got = _shape(ids)
+    if len(got) != len(shape) or not all(_same(a, b) for a, b in zip(got, shape, strict=True)):
+        raise ValueError(f"{name} must have shape {_fmt(shape)}; got shape {_fmt(got)}")
 
 
 def check_mask(name: str, mask: Array, shape: tuple[int | None, ...], xp: Namespace) -> None:
@@ -160,6 +211,23 @@ def check_negatives_conflicts(negatives: Array | None, labels: Array | None, sym
     if symmetric:
         raise ValueError(
             "negatives cannot be combined with symmetric=True (SPEC §3: undefined)"
+        )
+
+
+def check_retrieval_conflicts(given: str, negatives: Array | None,
+                              labels: Array | None) -> None:
+    """The retrieval layout (``given``: its first keyword present) is neither MoCo's
+    ``negatives`` nor ``labels``' positives."""
+    if negatives is not None:
+        raise ValueError(
+            f"negatives (MoCo: each query against its own key and the negatives) and {given} "
+            "(in-batch retrieval: every key and hard negative of the batch) are different "
+            "layouts; got both"
+        )
+    if labels is not None:
+        raise ValueError(
+            f"labels (same-label keys are positives) cannot be combined with {given} "
+            "(identities drop duplicates of the one positive); got both"
         )
 
 

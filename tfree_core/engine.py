@@ -7,7 +7,7 @@ plus its own keywords. Inside :meth:`Runtime.apply` it calls, with its array nam
 
 * :func:`prepare` once per call (validation; returns the static, hashable
   :class:`Problem`),
-* :func:`forward` for the loss and the residuals (a flat tuple of arrays and ``None``\\ s,
+* :func:`forward` for the loss and the residuals (a flat tuple of arrays and ``None`` entries,
   its structure a function of the ``Problem`` alone), and on the backward pass
   :func:`backward` with the residuals and the upstream cotangent;
 * or, where :func:`fuses_gradient` holds and a backward is sure to follow,
@@ -22,6 +22,9 @@ layout        arrays                                                      gradie
 ============  ==========================================================  ==================
 pairs         ``(query, key, labels | None, where | None)``               query, key
 negatives     ``(query, key, negatives, where | None)``                   query, key, negs
+retrieval     ``(query, key, hard_negatives | None, hard_negative_mask |  query, key, hard
+              None, key_ids | None, hard_negative_ids | None, where |     negatives (None
+              None)``                                                     when absent)
 nt_xent       ``(z1, z2, where | None)``                                  z1, z2
 sup_con       ``(features, labels, where | None)``                        features
 similarity    ``(similarity, positive_mask, valid_mask | None, where)``   similarity
@@ -63,6 +66,12 @@ from typing import Any
 
 from . import _validation
 from ._blocks import Tiling
+from ._encoded import (
+    check_encoded_pair,
+    check_mini_batch_size,
+    encoded_pairs,
+    is_encoded_pair,
+)
 from ._evaluate import (
     Body,
     Carry,
@@ -131,16 +140,20 @@ __all__ = [
     "backward",
     "build",
     "check_chunk_size",
+    "check_encoded_pair",
     "check_finite",
     "check_flag",
+    "check_mini_batch_size",
     "check_one_library",
     "check_sharded",
     "check_values",
     "clip_bound",
+    "encoded_pairs",
     "exclusions",
     "forward",
     "fused_unsupported",
     "fuses_gradient",
+    "is_encoded_pair",
     "layout",
     "library_error",
     "logit_slope",

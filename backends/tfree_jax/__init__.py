@@ -4,11 +4,15 @@ pure functions in the optax style, with the core's analytic gradient (``jax.cust
 The logit of a cosine similarity ``s`` is ``φ(s) = 2·atanh(s) = log((1+s)/(1-s))`` instead
 of ``s/τ``: no temperature to tune. Every function composes with ``jax.jit``,
 ``jax.grad`` / ``jax.value_and_grad`` and ``jax.vmap``; hyper-parameters are static Python
-values, labels and masks ordinary (non-differentiable) array arguments::
+values, labels and masks ordinary (non-differentiable) array arguments:
 
-    import jax, tfree_jax
-    q, k = jax.random.normal(jax.random.key(0), (2, 8, 16))
-    loss, (dq, dk) = jax.value_and_grad(tfree_jax.info_nce, argnums=(0, 1))(q, k)
+```python
+import jax
+import tfree_jax
+
+q, k = jax.random.normal(jax.random.key(0), (2, 8, 16))
+loss, (dq, dk) = jax.value_and_grad(tfree_jax.info_nce, argnums=(0, 1))(q, k)
+```
 """
 
 from ._cached import cached_value_and_grad

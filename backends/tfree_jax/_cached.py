@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tfree_core import engine
+
 PyTree = Any
 Encoded = tuple[Callable[..., jax.Array], PyTree]
 """``(apply, batch)``: ``apply(params, batch)`` (or ``apply(params, batch, key)`` when a
@@ -35,27 +37,8 @@ dim 0."""
 # --------------------------------------------------------------------------- validation
 
 
-def _check_mini_batch_size(mini_batch_size: object) -> int:
-    if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) \
-            or mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be a positive int (rows per mini-batch), "
-                         f"got {mini_batch_size!r}")
-    return mini_batch_size
-
-
-def _is_pair(value: object) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and callable(value[0])
-
-
-def _check_pair(value: object, where: str) -> Encoded:
-    if not (isinstance(value, tuple) and len(value) == 2):
-        got = f"a tuple of length {len(value)}" if isinstance(value, tuple) \
-            else type(value).__name__
-        raise TypeError(f"{where} must be a pair (apply, batch), got {got}")
-    if not callable(value[0]):
-        raise TypeError(f"{where}: the encoder (first item of the pair) must be a function "
-                        f"apply(params, batch[, key]), got {type(value[0]).__name__}")
-    return value
+# how messages name a pair and its encoder
+_WORDS = {"pair": "apply, batch", "encoder": "a function apply(params, batch[, key])"}
 
 
 def _length(batch: PyTree, where: str) -> int:
@@ -179,9 +162,17 @@ def cached_value_and_grad(loss: Callable[..., jax.Array], *encoded: Encoded, par
     one mini-batch's residuals plus ``O(N·D)``. Pure: call it inside ``jax.jit`` (the
     encoders are traced once per argument, plus once for a last, shorter mini-batch).
 
-    Example::
+    Examples:
+        A CLIP step over 32 pairs, 8 rows embedded at a time, dropout drawn from the key:
 
-        def encode(params, x, key):                    # dropout from the key
+        ```python
+        from functools import partial
+
+        import jax
+        import jax.numpy as jnp
+        import tfree_jax
+
+        def encode(params, x, key):  # one tower for both sides
             h = jnp.tanh(x @ params["w1"])
             keep = jax.random.bernoulli(key, 0.9, h.shape)
             return jnp.where(keep, h / 0.9, 0) @ params["w2"]
@@ -190,7 +181,15 @@ def cached_value_and_grad(loss: Callable[..., jax.Array], *encoded: Encoded, par
         def step(params, q, k, key):
             return tfree_jax.cached_value_and_grad(
                 partial(tfree_jax.info_nce, symmetric=True), (encode, q), (encode, k),
-                params=params, mini_batch_size=64, key=key)
+                params=params, mini_batch_size=8, key=key)
+
+        k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+        params = {"w1": 0.1 * jax.random.normal(k1, (24, 32)),
+                  "w2": 0.1 * jax.random.normal(k2, (32, 16))}
+        q, k = jax.random.normal(k3, (2, 32, 24))
+        loss, grads = step(params, q, k, k4)
+        assert grads["w1"].shape == (24, 32)  # the gradient has the params' structure
+        ```
 
     Args:
         loss: A tfree loss (``tfree_jax.info_nce``, ``nt_xent``, ``sup_con``, or a
@@ -219,12 +218,8 @@ def cached_value_and_grad(loss: Callable[..., jax.Array], *encoded: Encoded, par
     if not callable(loss):
         raise TypeError(f"loss must be a function returning a scalar (e.g. tfree_jax.info_nce "
                         f"or a functools.partial of it), got {type(loss).__name__}")
-    size = _check_mini_batch_size(mini_batch_size)
-    if not encoded:
-        raise TypeError("cached_value_and_grad needs at least one (apply, batch) pair for the "
-                        "loss's positional embeddings")
-    pairs = {f"encoded[{i}]": _check_pair(p, f"encoded[{i}]") for i, p in enumerate(encoded)}
-    pairs.update({n: _check_pair(v, n) for n, v in keywords.items() if _is_pair(v)})
+    size = engine.check_mini_batch_size(mini_batch_size)
+    pairs = engine.encoded_pairs("cached_value_and_grad", encoded, keywords, **_WORDS)
     constants = {n: v for n, v in keywords.items() if n not in pairs}
     arguments = [_Argument(name, slot, apply, batch, size, key)
                  for slot, (name, (apply, batch)) in enumerate(pairs.items())]

@@ -80,13 +80,13 @@ def world_size(group: Any) -> int:
     bound): :func:`axis_size` then raises, after the inputs have been validated."""
     try:
         return axis_size(group)
-    except (TypeError, NameError):
+    except (TypeError, ValueError):
         return 1
 
 
 def axis_size(group: Any) -> int:
     """The size of the mapped axis ``group`` (an axis name bound by an enclosing
-    ``shard_map`` / ``pmap``; a ``NameError`` from JAX otherwise)."""
+    ``shard_map`` / ``pmap``; ``ValueError`` otherwise)."""
     try:
         hash(group)
     except TypeError:
@@ -94,7 +94,13 @@ def axis_size(group: Any) -> int:
             "group must be a mapped axis name (a str, or a tuple of names) of an enclosing "
             f"jax.shard_map / jax.pmap; got {type(group).__name__}"
         ) from None
-    return int(jax.lax.axis_size(group))
+    try:
+        return int(jax.lax.axis_size(group))
+    except NameError:
+        raise ValueError(
+            f"group={group!r} names no mapped axis here: call the loss inside a "
+            "jax.shard_map / jax.pmap over that axis name, or pass group=None"
+        ) from None
 
 
 def checks_replication() -> bool:

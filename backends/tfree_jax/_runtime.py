@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tfree_core import engine
 
@@ -41,7 +42,26 @@ _FORWARD_MODE_MESSAGE = (
 
 
 class ForwardModeError(TypeError):
-    """Raised when forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) meets a tfree loss."""
+    """Raised when forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) meets a tfree loss.
+
+    The losses define reverse-mode gradients only (``jax.custom_vjp``); ``jax.grad``,
+    ``jax.vjp`` and ``jax.jacrev`` work. ``tfree_jax.logits`` is differentiable in both
+    modes. A subclass of ``TypeError``, JAX's own error for a ``custom_vjp`` under
+    ``jax.jvp``.
+
+    Examples:
+        ```python
+        import jax
+        import tfree_jax
+
+        query, key = jax.random.normal(jax.random.key(0), (2, 4, 8))
+        try:
+            jax.jvp(lambda q: tfree_jax.info_nce(q, key), (query,), (query,))
+            raise AssertionError("not reached")
+        except tfree_jax.ForwardModeError as error:
+            message = str(error)  # names what works: jax.grad, jax.vjp, jax.jacrev
+        ```
+    """
 
 
 def _is_traced(arrays: tuple[Any, ...]) -> bool:
@@ -151,6 +171,21 @@ def _logits_jvp(eps: float, primals: tuple[Array], tangents: tuple[Array]):
 
 # --------------------------------------------------------------------------- runtime
 
+
+def _check_integer_range(name: str, a: Any) -> None:
+    """Without ``jax_enable_x64`` JAX stores integers as int32, wrapping larger NumPy
+    values silently (labels 0 and 2³² would become one class): ``ValueError``."""
+    if (jax.config.jax_enable_x64 or not isinstance(a, np.ndarray) or a.dtype.kind not in "iu"
+            or a.dtype.itemsize <= 4 or a.size == 0):
+        return
+    low, high = int(a.min()), int(a.max())
+    info = np.iinfo(np.int32)
+    if low < info.min or high > info.max:
+        raise ValueError(
+            f"{name} holds values from {low} to {high}, which do not fit in int32, the "
+            "integer type of JAX without jax_enable_x64: enable it "
+            "(jax.config.update('jax_enable_x64', True)) or renumber them")
+
 _GROUP = engine.Param(
     "group", None, "Hashable | None",
     "The name of a mapped axis of an enclosing ``jax.shard_map`` / ``jax.pmap`` to shard "
@@ -206,6 +241,57 @@ class JaxRuntime(engine.Runtime):
     return_type = jax.Array
     extras = (_GROUP, _KERNEL)
     notes = _NOTES
+    examples: Mapping[str, str] = {
+        "info_nce": """
+            import jax
+            import tfree_jax
+
+            query, key = jax.random.normal(jax.random.key(0), (2, 8, 16))
+            loss, (d_query, d_key) = jax.value_and_grad(tfree_jax.info_nce, (0, 1))(query, key)
+            clip = tfree_jax.info_nce(query, key, symmetric=True)
+            assert d_query.shape == (8, 16) and clip.shape == ()
+        """,
+        "nt_xent": """
+            import jax
+            import tfree_jax
+
+            z1, z2 = jax.random.normal(jax.random.key(0), (2, 8, 16))
+            per_anchor = tfree_jax.nt_xent(z1, z2, reduction="none")
+            assert per_anchor.shape == (16,)  # the z1 anchors first
+        """,
+        "sup_con": """
+            import jax
+            import jax.numpy as jnp
+            import tfree_jax
+
+            views = jax.random.normal(jax.random.key(0), (8, 2, 16))  # (N, V, D)
+            labels = jnp.array([0, 0, 0, 1, 1, 2, 2, 2])
+            per_anchor = tfree_jax.sup_con(views, labels, reduction="none")
+            assert per_anchor.shape == (8, 2)
+        """,
+        "loss_from_similarity": """
+            import jax
+            import jax.numpy as jnp
+            import tfree_jax
+
+            similarity = jax.random.uniform(jax.random.key(0), (4, 6), minval=-1, maxval=1)
+            positive_mask = jnp.eye(4, 6, dtype=bool)
+            valid_mask = jnp.ones((4, 6), dtype=bool).at[0, 5].set(False)
+            grad = jax.grad(tfree_jax.loss_from_similarity)(similarity, positive_mask,
+                                                             valid_mask=valid_mask)
+            assert grad[0, 5] == 0  # no candidate, no gradient
+        """,
+        "logits": """
+            import math
+
+            import jax.numpy as jnp
+            import tfree_jax
+
+            phi = tfree_jax.logits(jnp.array([0.0, 0.5, 1.0], dtype=jnp.float32))
+            assert phi[0] == 0 and math.isclose(phi[1], math.log(3), rel_tol=1e-6)
+            assert math.isclose(phi[2], 14.495466, rel_tol=1e-6)  # the float32 cap
+        """,
+    }
     libraries = ("jax", "numpy")
     also = ("builtins",)
     tracing = "jax.jit / jax.vmap"
@@ -216,6 +302,8 @@ class JaxRuntime(engine.Runtime):
 
     def convert(self, named):
         # after the library check: jnp.asarray would take a torch tensor through NumPy
+        for name, a in named:
+            _check_integer_range(name, a)
         return tuple(None if a is None else jnp.asarray(a) for _, a in named)
 
     def device_kind(self, arrays) -> str:

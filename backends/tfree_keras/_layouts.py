@@ -42,6 +42,12 @@ def _sup_con(y_pred: Tensor, labels: Tensor | None, switches: Mapping[str, bool]
     return (y_pred, labels), {}
 
 
+def _retrieval(y_pred: Tensor, labels: Tensor | None, switches: Mapping[str, bool]):
+    # (N, 2 + Hn, D): the query, its positive and the (N, Hn, D) hard negatives
+    return _pair(y_pred), {"hard_negatives": y_pred[:, 2:, :],
+                           "symmetric": switches["symmetric"]}
+
+
 def _sup_con_positives(y_pred: Tensor, labels: Tensor) -> Tensor:
     """SupCon's anchor ``(i, v)`` has a positive iff sample ``i`` has another view
     (``V >= 2``) or another sample of the batch shares its label (SPEC §3, SupCon)."""
@@ -129,6 +135,11 @@ LAYOUTS: dict[str, KerasLayout] = {spec.name: spec for spec in (
                 hint=", (query, key) stacked on axis 1 (keras.ops.stack([q, k], axis=1))"),
     KerasLayout("sup_con", "sup_con", "(N, D) or (N, V, D)", ranks=(2, 3), views=(1, None),
                 labels=True, arguments=_sup_con, positives=_sup_con_positives),
+    KerasLayout("retrieval", "info_nce", "(N, 2 + Hn, D)", ranks=(3,), views=(3, None),
+                labels=False, arguments=_retrieval, switches=("symmetric",),
+                hint=", query, positive and Hn >= 1 hard negatives on axis 1 (keras.ops."
+                     "concatenate([q[:, None], k[:, None], h], axis=1) for h of shape "
+                     "(N, Hn, D))"),
 )}
 """Layout name -> :class:`KerasLayout`, in the order of the documentation."""
 

@@ -24,7 +24,7 @@ class TemperatureFreeLoss(keras.losses.Loss):
     """The temperature-free contrastive loss (Kim & Kim, arXiv:2501.17683) for Keras 3.
 
     The logit of a cosine similarity ``s`` is ``φ(s) = 2·atanh(clip(s, -b, b))`` instead of
-    ``s/τ``; per anchor ``i`` with candidates ``C(i)`` and positives ``P(i)``::
+    ``s/τ``; per anchor ``i`` with candidates ``C(i)`` and positives ``P(i)``:
 
         L_i = -(1/|P(i)|) Σ_{p∈P(i)} [ℓ_ip - log Σ_{j∈C(i)} exp(ℓ_ij)]
 
@@ -42,16 +42,19 @@ class TemperatureFreeLoss(keras.losses.Loss):
 
     What ``y_pred`` and ``y_true`` hold depends on ``layout``:
 
-    ==============  ==============================================  =========================
-    layout          ``y_pred``                                      ``y_true``
-    ==============  ==============================================  =========================
-    ``"nt_xent"``   ``(N, 2, D)``: the two views, ``y_pred[:, 0]``  ignored (pass anything,
-                    and ``y_pred[:, 1]`` (SimCLR)                   e.g. zeros ``(N,)``)
-    ``"info_nce"``  ``(N, 2, D)``: ``(query, key)`` pairs           ignored, or the labels
-                    (CLIP with ``symmetric=True``)                  with ``use_labels=True``
-    ``"sup_con"``   ``(N, D)`` or ``(N, V, D)`` (``V`` views)       integer labels ``(N,)``
-                                                                    or ``(N, 1)``
-    ==============  ==============================================  =========================
+    | layout | ``y_pred`` | ``y_true`` |
+    |---|---|---|
+    | ``"nt_xent"`` | ``(N, 2, D)``: two views (SimCLR) | ignored (e.g. zeros ``(N,)``) |
+    | ``"info_nce"`` | ``(N, 2, D)``: ``(query, key)`` pairs | ignored, or labels (``use_labels``) |
+    | ``"sup_con"`` | ``(N, D)`` or ``(N, V, D)`` | integer labels ``(N,)`` or ``(N, 1)`` |
+    | ``"retrieval"`` | ``(N, 2 + Hn, D)``: query, positive, ``Hn >= 1`` hard negatives | ignored |
+
+    The views of NT-Xent are ``y_pred[:, 0]`` and ``y_pred[:, 1]``; CLIP is ``"info_nce"``
+    with ``symmetric=True``. ``"retrieval"`` is ``info_nce(y_pred[:, 0], y_pred[:, 1],
+    hard_negatives=y_pred[:, 2:])``: each query against every positive and every hard
+    negative of the batch (sentence-transformers' ``MultipleNegativesRankingLoss``, DPR);
+    ``symmetric=True`` adds the positive→query direction (the hard negatives are no
+    anchors). Its per-anchor losses are ``(N,)``, one per query.
 
     A model emitting two views stacks them on axis 1: ``keras.ops.stack([z1, z2], axis=1)``
     (a two-tower model stacks its towers' outputs). Labels given as floats (Keras' default
@@ -65,7 +68,7 @@ class TemperatureFreeLoss(keras.losses.Loss):
 
     **Sample weights** (``sample_weight`` of ``fit`` / ``evaluate`` / ``__call__``, or
     ``class_weight``, shape ``(N,)``): a per-anchor weight on the ``"none"`` losses, every
-    anchor of sample ``i`` weighted ``w_i`` (NT-Xent: both views; SupCon: all ``V`` views)::
+    anchor of sample ``i`` weighted ``w_i`` (NT-Xent: both views; SupCon: all ``V`` views):
 
         "mean":  Σ_a w_i·L_a / Σ_{a has a positive} w_i    (0 when that sum is 0)
         "sum":   Σ_a w_i·L_a          "none":  w_i·L_a
@@ -97,13 +100,23 @@ class TemperatureFreeLoss(keras.losses.Loss):
     JAX and PyTorch always see concrete sizes, need no padding and ignore it.
 
     Args:
-        layout: ``"nt_xent"`` (default), ``"info_nce"`` or ``"sup_con"``.
-        symmetric: ``info_nce`` only: ``½(L_q→k + L_k→q)`` (CLIP). A bool (``TypeError``
-            otherwise, e.g. for the string ``"False"``).
+        layout: ``"nt_xent"`` (default), ``"info_nce"``, ``"sup_con"`` or
+            ``"retrieval"``.
+        symmetric: ``info_nce`` and ``retrieval`` only: ``½(L_q→k + L_k→q)`` (CLIP). A
+            bool (``TypeError`` otherwise, e.g. for the string ``"False"``).
         use_labels: ``info_nce`` only: ``y_true`` holds labels and keys of the query's
             label are positives. A bool.
-        logit_map, temperature, eps, reduction, chunk_size: as in ``tfree_*.info_nce``
-            (``chunk_size`` tiles large batches). Python or NumPy numbers.
+        logit_map: ``"arctanh"`` (default): ``ℓ = 2·atanh(clip(s, -b, b))``, no
+            temperature; or ``"temperature"``: InfoNCE's ``ℓ = s/τ`` (for comparisons).
+        temperature: ``τ > 0``, only with ``logit_map="temperature"``. A Python or NumPy
+            number.
+        eps: The clip ``b`` = the largest compute-dtype value ``<= 1 - eps`` (default
+            ``1e-6``: logit cap 14.4955 in float32); in ``(0, 0.5)``.
+        reduction: ``"mean"`` (default) over the anchors that have a positive, ``"sum"``,
+            or ``"none"`` (the per-anchor losses, shapes above).
+        chunk_size: ``"auto"`` (default), ``None`` (always the whole similarity matrix)
+            or a positive int, rows per block (tiled: no ``N × N`` array), as in
+            ``tfree_*.info_nce``.
         check_finite: ``True``: reject NaN and ±inf in ``y_pred`` (``ValueError``). Eager
             only: compile the model with ``run_eagerly=True``; in a traced step
             (TensorFlow's ``fit``, JAX's) it is a ``ValueError`` at trace time, never a
@@ -115,6 +128,23 @@ class TemperatureFreeLoss(keras.losses.Loss):
         dtype: the result's dtype: a floating dtype or a Keras dtype policy (its compute
             dtype); ``None``: ``keras.backend.floatx()``. An integer dtype is a
             ``TypeError``.
+
+    Examples:
+        The loss called directly on a batch of two views, then as a model's loss:
+
+        ```python
+        import keras
+        import numpy as np
+        import tfree_keras
+
+        loss_fn = tfree_keras.TemperatureFreeLoss("nt_xent")
+        views = np.random.default_rng(0).normal(size=(8, 2, 16)).astype("float32")
+        loss = loss_fn(np.zeros(8), views)  # y_true is ignored by NT-Xent
+        assert keras.ops.shape(loss) == ()
+
+        model = keras.Sequential([keras.Input((2, 32)), keras.layers.Dense(16)])
+        model.compile(optimizer="sgd", loss=tfree_keras.TemperatureFreeLoss("nt_xent"))
+        ```
     """
 
     def __init__(
@@ -171,14 +201,33 @@ class TemperatureFreeLoss(keras.losses.Loss):
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Tensor:
         """The loss, reduced by SPEC's ``reduction`` (weighted by ``sample_weight``, see
-        the class), cast to ``self.dtype``."""
+        the class), cast to ``self.dtype``.
+
+        Args:
+            y_true: Ignored, or the labels, as in the class's table.
+            y_pred: The model's output, shaped as in the class's table.
+            sample_weight: ``None``, or per-sample weights ``(N,)``.
+
+        Returns:
+            The loss in ``self.dtype``.
+        """
         backend = _backends.current()
         with keras.name_scope(self.name):
             loss = self._compute(backend, y_true, ops.convert_to_tensor(y_pred), sample_weight)
             return ops.cast(loss, self.dtype)
 
     def call(self, y_true: Any, y_pred: Any) -> Tensor:
-        """The unweighted loss in the compute dtype (``__call__`` casts it to ``dtype``)."""
+        """The unweighted loss in the compute dtype (``__call__`` casts it to ``dtype``).
+
+        Args:
+            y_true: Ignored, or the labels (``"sup_con"``, or ``"info_nce"`` with
+                ``use_labels=True``), as in the class's table.
+            y_pred: The model's output, shaped as in the class's table.
+
+        Returns:
+            The loss reduced by ``reduction``: a scalar, or the per-anchor losses for
+            ``"none"``.
+        """
         return self._compute(_backends.current(), y_true, ops.convert_to_tensor(y_pred), None)
 
     def _compute(self, backend: _backends.Backend, y_true: Any, y_pred: Tensor,

@@ -5,14 +5,19 @@ arXiv:2501.17683) as TF functions with the core's analytic gradient
 The logit of a cosine similarity ``s`` is ``φ(s) = 2·atanh(s) = log((1+s)/(1-s))`` instead
 of ``s/τ``: no temperature to tune. Every function works eagerly, under ``tf.function`` and
 ``tf.function(jit_compile=True)``, with float16 / bfloat16 / float32 / float64 inputs; when
-traced, the core runs as XLA-compiled functions (:func:`set_jit_core`)::
+traced, the core runs as XLA-compiled functions (``set_jit_core``). The Keras loss is
+``tfree_keras.TemperatureFreeLoss``, also reachable as ``tfree_tf.TemperatureFreeLoss``:
 
-    import tensorflow as tf, tfree_tf
-    with tf.GradientTape() as tape:
-        loss = tfree_tf.info_nce(q, k)
-    dq, dk = tape.gradient(loss, [q, k])
+```python
+import tensorflow as tf
+import tfree_tf
 
-    model.compile(optimizer="adam", loss=tfree_tf.TemperatureFreeLoss("nt_xent"))
+q = tf.Variable(tf.random.normal((8, 16), seed=1))
+k = tf.Variable(tf.random.normal((8, 16), seed=2))
+with tf.GradientTape() as tape:
+    loss = tfree_tf.info_nce(q, k)
+dq, dk = tape.gradient(loss, [q, k])
+```
 """
 
 from ._cached import cached_value_and_grad

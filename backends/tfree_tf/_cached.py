@@ -27,6 +27,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfree_core import engine
+
 Encoded = tuple[Callable[..., tf.Tensor], Any]
 """``(encoder, batch)``: a Keras model / layer (called as ``encoder(batch, training=True)``)
 or a callable (``encoder(batch)``, ``encoder(batch, seed)`` with ``seed=``), and its inputs:
@@ -38,27 +40,8 @@ _STATE = "seed_generator_state"  # the name Keras 3 gives a SeedGenerator's stat
 # --------------------------------------------------------------------------- validation
 
 
-def _check_mini_batch_size(mini_batch_size: object) -> int:
-    if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) \
-            or mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be a positive int (rows per mini-batch), "
-                         f"got {mini_batch_size!r}")
-    return mini_batch_size
-
-
-def _is_pair(value: object) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and callable(value[0])
-
-
-def _check_pair(value: object, where: str) -> Encoded:
-    if not (isinstance(value, tuple) and len(value) == 2):
-        got = f"a tuple of length {len(value)}" if isinstance(value, tuple) \
-            else type(value).__name__
-        raise TypeError(f"{where} must be a pair (encoder, batch), got {got}")
-    if not callable(value[0]):
-        raise TypeError(f"{where}: the encoder (first item of the pair) must be a Keras model "
-                        f"or a callable, got {type(value[0]).__name__}")
-    return value
+# how messages name a pair and its encoder
+_WORDS = {"pair": "encoder, batch", "encoder": "a Keras model or a callable"}
 
 
 def _keras_layer(encoder: object) -> Any:
@@ -226,16 +209,30 @@ def cached_value_and_grad(loss: Callable[..., tf.Tensor], *encoded: Encoded,
     ``jit_compile=True``) alike: call it in a Keras ``train_step`` and apply the gradients
     with the optimizer.
 
-    Example::
+    Examples:
+        One compiled step over 32 pairs, 8 rows embedded at a time, with dropout (its
+        masks replayed in the second pass). In a Keras ``train_step`` the call is the
+        same, with ``variables=self.trainable_variables``.
 
-        class Model(keras.Model):
-            def train_step(self, data):
-                q, k = data
-                loss, grads = tfree_tf.cached_value_and_grad(
-                    tfree_tf.info_nce, (self.encoder, q), (self.encoder, k),
-                    mini_batch_size=64, variables=self.trainable_variables)
-                self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-                return {"contrastive_loss": loss}  # Keras reports "loss" from its own tracker
+        ```python
+        import keras
+        import tensorflow as tf
+        import tfree_tf
+
+        encoder = keras.Sequential([keras.Input((24,)), keras.layers.Dense(16),
+                                    keras.layers.Dropout(0.1)])
+        optimizer = keras.optimizers.SGD(0.1)
+
+        @tf.function
+        def step(q, k):
+            loss, grads = tfree_tf.cached_value_and_grad(
+                tfree_tf.info_nce, (encoder, q), (encoder, k), mini_batch_size=8)
+            optimizer.apply_gradients(zip(grads, encoder.trainable_variables))
+            return loss
+
+        q, k = tf.random.normal((32, 24), seed=1), tf.random.normal((32, 24), seed=2)
+        loss = step(q, k)
+        ```
 
     Args:
         loss: A tfree loss (``tfree_tf.info_nce``, ``nt_xent``, ``sup_con``, or a
@@ -269,12 +266,8 @@ def cached_value_and_grad(loss: Callable[..., tf.Tensor], *encoded: Encoded,
     if not callable(loss):
         raise TypeError(f"loss must be a function returning a scalar (e.g. tfree_tf.info_nce "
                         f"or a functools.partial of it), got {type(loss).__name__}")
-    size = _check_mini_batch_size(mini_batch_size)
-    if not encoded:
-        raise TypeError("cached_value_and_grad needs at least one (encoder, batch) pair for the "
-                        "loss's positional embeddings")
-    pairs = {f"encoded[{i}]": _check_pair(p, f"encoded[{i}]") for i, p in enumerate(encoded)}
-    pairs.update({n: _check_pair(v, n) for n, v in keywords.items() if _is_pair(v)})
+    size = engine.check_mini_batch_size(mini_batch_size)
+    pairs = engine.encoded_pairs("cached_value_and_grad", encoded, keywords, **_WORDS)
     constants = {n: v for n, v in keywords.items() if n not in pairs}
     if seed is not None:
         seed = tf.convert_to_tensor(seed)

@@ -34,6 +34,8 @@ class TFCollectives:
         self.rank = context.replica_id_in_sync_group
 
     def all_gather(self, x: tf.Tensor) -> tf.Tensor:
+        if x.dtype == tf.bool:  # the collective gathers numbers only (masks are bool)
+            return tf.cast(self.all_gather(tf.cast(x, tf.int32)), tf.bool)
         out = self.context.all_gather(x, axis=0)
         # the gathered size is static (the core builds index vectors from it)
         return tf.reshape(out, (self.world_size * x.shape[0], *x.shape[1:]))

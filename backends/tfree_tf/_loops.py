@@ -6,8 +6,6 @@ import tensorflow as tf
 
 from tfree_core import engine
 
-from . import _xp as xp
-
 __all__ = ["loop"]
 
 
@@ -16,9 +14,13 @@ def loop(
 ) -> tuple[engine.Carry, tuple[tf.Tensor, ...]]:
     """Eagerly a Python loop; in graphs a ``tf.while_loop`` (compact, and compiled as one
     loop by XLA) with one ``TensorArray`` per output. Block 0 runs before the loop, which
-    gives the outputs' dtypes and shapes for the ``TensorArray``\\ s at no extra cost."""
-    if tf.executing_eagerly() or n_blocks == 1:
-        return engine.python_loop(xp)(body, n_blocks, carry)
+    gives the outputs' dtypes and shapes for the tensor arrays at no extra cost."""
+    if tf.executing_eagerly() or n_blocks == 1:  # tensors are immutable: stack at the end
+        per_block = []
+        for index in range(n_blocks):
+            carry, outputs = body(index, carry)
+            per_block.append(outputs)
+        return carry, tuple(tf.stack(list(parts), axis=0) for parts in zip(*per_block, strict=True))
     carry, first = body(0, carry)
     arrays = tuple(
         tf.TensorArray(out.dtype, size=n_blocks, element_shape=out.shape).write(0, out)

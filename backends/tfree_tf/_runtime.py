@@ -28,7 +28,7 @@ never computes it (``engine.value_and_grad``): ``"auto"`` budgets for two passes
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -94,6 +94,26 @@ def set_jit_core(enabled: bool) -> bool:
     ``tf.function(jit_compile=True)`` the whole function is compiled anyway, eager calls
     always run op by op, and a sharded call (``group=``) is never compiled separately.
     The setting is read when a function is traced.
+
+    Args:
+        enabled: ``True``: compile the core's work when traced (the default); ``False``:
+            run it as ordinary TensorFlow operations in the traced graph.
+
+    Returns:
+        The previous setting, to restore it.
+
+    Examples:
+        ```python
+        import tensorflow as tf
+        import tfree_tf
+
+        previous = tfree_tf.set_jit_core(False)  # e.g. to profile op by op
+        try:
+            loss = tf.function(tfree_tf.nt_xent)(tf.random.normal((8, 16)),
+                                                 tf.random.normal((8, 16)))
+        finally:
+            tfree_tf.set_jit_core(previous)
+        ```
     """
     previous = _JIT_CORE[0]
     _JIT_CORE[0] = bool(enabled)
@@ -128,13 +148,16 @@ def _differentiable(
     rest (labels, masks, ``None``) are closed over.
     """
     count = len(problem.spec.differentiable)
+    present = [i for i in range(count) if arrays[i] is not None]  # optional inputs
     rest = arrays[count:]
 
     @tf.custom_gradient
     def loss_with_analytic_gradient(*differentiable: Tensor):
         # Eagerly, tf.custom_gradient leaves an enclosing tape recording the forward, which
         # would keep every intermediate alive for an autodiff path that is never taken.
-        arrays = (*(tf.stop_gradient(x) for x in differentiable), *rest)
+        given = dict(zip(present, differentiable, strict=True))
+        arrays = (*(tf.stop_gradient(given[i]) if i in given else None for i in range(count)),
+                  *rest)
         compiled = _JIT_CORE[0] and not tf.executing_eagerly() and comm is None
         shapes = _shapes(arrays)
         if compiled:
@@ -144,12 +167,14 @@ def _differentiable(
 
         def gradient(cotangent: Tensor) -> tuple[Tensor, ...]:
             if compiled:
-                return _compiled(problem, shapes)[1](residuals, cotangent)
-            return _backward_ops(problem, residuals, cotangent, comm)
+                grads = _compiled(problem, shapes)[1](residuals, cotangent)
+            else:
+                grads = _backward_ops(problem, residuals, cotangent, comm)
+            return tuple(grads[i] for i in present)
 
         return loss, gradient
 
-    return loss_with_analytic_gradient, arrays[:count]
+    return loss_with_analytic_gradient, tuple(arrays[i] for i in present)
 
 
 # --------------------------------------------------------------------------- runtime
@@ -205,6 +230,61 @@ class TFRuntime(engine.Runtime):
     return_type = tf.Tensor
     extras = (_GROUP,)
     notes = _NOTES
+    examples: Mapping[str, str] = {
+        "info_nce": """
+            import tensorflow as tf
+            import tfree_tf
+
+            query = tf.Variable(tf.random.normal((8, 16), seed=1))
+            key = tf.Variable(tf.random.normal((8, 16), seed=2))
+            with tf.GradientTape() as tape:
+                loss = tfree_tf.info_nce(query, key)
+            d_query, d_key = tape.gradient(loss, [query, key])  # the analytic gradient
+            clip = tfree_tf.info_nce(query, key, symmetric=True)
+            assert d_query.shape == (8, 16) and clip.shape == ()
+        """,
+        "nt_xent": """
+            import tensorflow as tf
+            import tfree_tf
+
+            z1, z2 = tf.random.normal((8, 16), seed=1), tf.random.normal((8, 16), seed=2)
+            per_anchor = tfree_tf.nt_xent(z1, z2, reduction="none")
+            assert per_anchor.shape == (16,)  # the z1 anchors first
+        """,
+        "sup_con": """
+            import tensorflow as tf
+            import tfree_tf
+
+            views = tf.random.normal((8, 2, 16), seed=1)  # (N, V, D)
+            labels = tf.constant([0, 0, 0, 1, 1, 2, 2, 2])
+            per_anchor = tfree_tf.sup_con(views, labels, reduction="none")
+            assert per_anchor.shape == (8, 2)
+        """,
+        "loss_from_similarity": """
+            import numpy as np
+            import tensorflow as tf
+            import tfree_tf
+
+            similarity = tf.Variable(tf.random.uniform((4, 6), -1, 1, seed=1))
+            positive_mask = tf.eye(4, 6, dtype=tf.bool)
+            valid_mask = np.ones((4, 6), dtype=bool)
+            valid_mask[0, 5] = False
+            with tf.GradientTape() as tape:
+                loss = tfree_tf.loss_from_similarity(similarity, positive_mask,
+                                                     valid_mask=valid_mask)
+            assert tape.gradient(loss, similarity)[0, 5] == 0  # no candidate, no gradient
+        """,
+        "logits": """
+            import math
+
+            import tensorflow as tf
+            import tfree_tf
+
+            phi = tfree_tf.logits(tf.constant([0.0, 0.5, 1.0], dtype=tf.float64))
+            assert phi[0] == 0 and math.isclose(phi[1], math.log(3))
+            assert math.isclose(phi[2], 14.508657, rel_tol=1e-7)  # the cap at eps = 1e-6
+        """,
+    }
     libraries = ("tensorflow", "numpy")
     also = ("builtins", "keras")
     tracing = "tf.function"

@@ -83,7 +83,6 @@ __all__ = [
     "min",
     "minimum",
     "ones",
-    "ones_like",
     "permute_dims",
     "reshape",
     "sqrt",
@@ -336,11 +335,6 @@ def full(
 def zeros_like(x: Array, /, *, dtype: DType | None = None, device: Device | None = None) -> Array:
     with _on(device):
         return tf.zeros_like(x, dtype=None if dtype is None else _as_dtype(dtype))
-
-
-def ones_like(x: Array, /, *, dtype: DType | None = None, device: Device | None = None) -> Array:
-    with _on(device):
-        return tf.ones_like(x, dtype=None if dtype is None else _as_dtype(dtype))
 
 
 def arange(

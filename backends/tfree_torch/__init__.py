@@ -6,10 +6,14 @@ its analytic gradient come from ``tfree_core``; this package wires them into tor
 autograd (CPU and CUDA, float16 / bfloat16 / float32 / float64, ``torch.autocast``,
 ``torch.compile(fullgraph=True)``, ``torch.func.grad`` / ``vmap``, ``torch.distributed``).
 
-    >>> import torch, tfree_torch
-    >>> q, k = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
-    >>> loss = tfree_torch.info_nce(q, k)
-    >>> loss.backward()
+```python
+import torch
+import tfree_torch
+
+q, k = torch.randn(8, 16, requires_grad=True), torch.randn(8, 16)
+loss = tfree_torch.info_nce(q, k)
+loss.backward()
+```
 """
 
 from tfree_core import DEFAULT_EPS, __version__

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from tfree_core import engine
+
 Batch = Tensor | Mapping[str, Any] | Sequence[Any]
 """An encoder's inputs: a tensor (``encoder(x)``), a mapping such as a tokenizer's output
 (``encoder(**batch)``) or a tuple / list (``encoder(*batch)``). Every tensor in it is split
@@ -48,12 +50,8 @@ class Scaler(Protocol):
 # --------------------------------------------------------------------------- validation
 
 
-def _check_mini_batch_size(mini_batch_size: object) -> int:
-    if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) \
-            or mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be a positive int (rows per mini-batch), "
-                         f"got {mini_batch_size!r}")
-    return mini_batch_size
+# how messages name a pair and its encoder
+_WORDS = {"pair": "encoder, batch", "encoder": "an nn.Module or a callable"}
 
 
 def _check_loss(loss: object) -> Callable[..., Tensor]:
@@ -62,21 +60,6 @@ def _check_loss(loss: object) -> Callable[..., Tensor]:
                         f"tfree_torch.info_nce or a functools.partial of it), got "
                         f"{type(loss).__name__}")
     return loss
-
-
-def _is_pair(value: object) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and callable(value[0])
-
-
-def _check_pair(value: object, where: str) -> Encoded:
-    if not (isinstance(value, tuple) and len(value) == 2):
-        got = f"a tuple of length {len(value)}" if isinstance(value, tuple) \
-            else type(value).__name__
-        raise TypeError(f"{where} must be a pair (encoder, batch), got {got}")
-    if not callable(value[0]):
-        raise TypeError(f"{where}: the encoder (first item of the pair) must be an nn.Module "
-                        f"or a callable, got {type(value[0]).__name__}")
-    return value
 
 
 def _tensors(batch: Batch, where: str) -> list[tuple[str, Tensor]]:
@@ -235,26 +218,39 @@ class _Job:
 class CachedLoss:
     """Accumulate the embeddings of several steps, then take one step on their union.
 
-    The same three passes as :func:`cached_loss` (``∂L/∂θ = Σ_b (∂E_b/∂θ)ᵀ·∂L/∂E_b``), with
-    the first pass spread over calls of :meth:`add`: each embeds its arguments' mini-batches
+    The same three passes as ``cached_loss`` (``∂L/∂θ = Σ_b (∂E_b/∂θ)ᵀ·∂L/∂E_b``), with
+    the first pass spread over calls of ``add``: each embeds its arguments' mini-batches
     without a graph and keeps the embeddings (``O(rows·D)``) and the inputs (to re-encode
-    them); :meth:`backward` evaluates ``loss`` on the concatenation of everything added,
+    them); ``backward`` evaluates ``loss`` on the concatenation of everything added,
     re-encodes every mini-batch with a graph and leaves the parameters' ``.grad`` equal to
     the gradient of that loss. More negatives than one data-loader step holds, unlike
     gradient accumulation, which averages the losses of separate small batches.
 
     Each mini-batch is replayed under the RNG state (CPU and, once initialised, CUDA) and
-    the ``torch.autocast`` state that its :meth:`add` had, so dropout draws the same masks
-    and the dtypes match even if :meth:`backward` runs in another context.
+    the ``torch.autocast`` state that its ``add`` had, so dropout draws the same masks
+    and the dtypes match even if ``backward`` runs in another context.
 
-    Example::
+    Examples:
+        Four loader batches of 16 pairs, one loss over all 64 pairs, 8 rows embedded at a
+        time:
 
+        ```python
+        from functools import partial
+
+        import torch
+        import tfree_torch
+
+        model = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Dropout(0.1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         cache = tfree_torch.CachedLoss(partial(tfree_torch.info_nce, symmetric=True),
-                                       mini_batch_size=64)
-        for q, k in steps:                    # e.g. 4 loader batches of 256
+                                       mini_batch_size=8)
+        for _ in range(4):
+            q, k = torch.randn(16, 32), torch.randn(16, 32)
             cache.add((model, q), (model, k))
-        loss = cache.backward()               # one loss over 1024 pairs
-        optimizer.step(); optimizer.zero_grad()
+        loss = cache.backward()  # the .grad of one loss over 64 pairs
+        optimizer.step()
+        optimizer.zero_grad()
+        ```
 
     Args:
         loss: A tfree loss (or any callable returning a scalar tensor), its options bound
@@ -269,7 +265,7 @@ class CachedLoss:
     def __init__(self, loss: Callable[..., Tensor], *, mini_batch_size: int,
                  scaler: Scaler | None = None) -> None:
         self.loss = _check_loss(loss)
-        self.mini_batch_size = _check_mini_batch_size(mini_batch_size)
+        self.mini_batch_size = engine.check_mini_batch_size(mini_batch_size)
         if scaler is not None and not callable(getattr(scaler, "scale", None)):
             raise TypeError(f"scaler must be a torch.amp.GradScaler (an object with a scale "
                             f"method) or None, got {type(scaler).__name__}")
@@ -286,11 +282,11 @@ class CachedLoss:
         self._added = 0
 
     def __len__(self) -> int:
-        """The number of :meth:`add` calls since the last :meth:`backward`."""
+        """The number of ``add`` calls since the last ``backward``."""
         return self._added
 
     def add(self, *encoded: Encoded, **keywords: Any) -> CachedLoss:
-        """Embed one step's arguments without a graph and keep them for :meth:`backward`.
+        """Embed one step's arguments without a graph and keep them for ``backward``.
 
         Args:
             *encoded: The loss's positional embeddings, each an ``(encoder, batch)`` pair
@@ -305,12 +301,8 @@ class CachedLoss:
         Returns:
             ``self``, so that ``cache.add(...).backward()`` is one step.
         """
-        if not encoded:
-            raise TypeError("add() needs at least one (encoder, batch) pair for the loss's "
-                            "positional embeddings")
+        pairs = engine.encoded_pairs("add()", encoded, keywords, **_WORDS)
         self._check_structure(len(encoded), keywords)
-        pairs = {f"encoded[{i}]": _check_pair(p, f"encoded[{i}]") for i, p in enumerate(encoded)}
-        pairs.update({n: _check_pair(v, n) for n, v in keywords.items() if _is_pair(v)})
         rows = {n: v for n, v in keywords.items() if n not in pairs and isinstance(v, Tensor)}
         constants = {n: v for n, v in keywords.items() if n not in pairs and n not in rows}
         for name, value in constants.items():
@@ -433,13 +425,33 @@ def cached_loss(loss: Callable[..., Tensor], *encoded: Encoded, mini_batch_size:
     re-entering autograd, which ``DistributedDataParallel`` does not support. For the same
     reason ``GradScaler`` is passed as ``scaler=``.
 
-    Example::
+    Examples:
+        A CLIP step over 64 pairs from two towers, 16 rows embedded at a time; the text
+        tower takes a dict, as a tokenizer's output:
 
-        loss = tfree_torch.cached_loss(
-            partial(tfree_torch.info_nce, symmetric=True),
-            (image_encoder, images), (text_encoder, tokens),   # tokens: a tokenizer's dict
-            mini_batch_size=64)
-        optimizer.step(); optimizer.zero_grad()
+        ```python
+        from functools import partial
+
+        import torch
+        import tfree_torch
+
+        class TextTower(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = torch.nn.EmbeddingBag(100, 16, mode="sum")
+
+            def forward(self, input_ids, attention_mask):
+                return self.embed(input_ids, per_sample_weights=attention_mask.float())
+
+        image_tower, text_tower = torch.nn.Linear(32, 16), TextTower()
+        images = torch.randn(64, 32)
+        tokens = {"input_ids": torch.randint(0, 100, (64, 12)),
+                  "attention_mask": torch.ones(64, 12, dtype=torch.long)}
+        loss = tfree_torch.cached_loss(partial(tfree_torch.info_nce, symmetric=True),
+                                       (image_tower, images), (text_tower, tokens),
+                                       mini_batch_size=16)
+        assert image_tower.weight.grad is not None  # no loss.backward() to call
+        ```
 
     Args:
         loss: A tfree loss (``tfree_torch.info_nce``, ``nt_xent``, ``sup_con``, or a
@@ -468,7 +480,7 @@ def cached_loss(loss: Callable[..., Tensor], *encoded: Encoded, mini_batch_size:
     gives the gradient of the loss of the concatenated global batch.
     """
     cache = CachedLoss(loss, mini_batch_size=mini_batch_size, scaler=scaler)
-    pairs = {n: v for n, v in keywords.items() if _is_pair(v)}
+    pairs = {n: v for n, v in keywords.items() if engine.is_encoded_pair(v)}
     constants = {n: v for n, v in keywords.items() if n not in pairs}
     if constants:  # passed unchanged, whatever their type
         cache.loss = _bind(cache.loss, constants)

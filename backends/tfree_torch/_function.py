@@ -1,5 +1,5 @@
 """The autograd wiring: the core's forward and its analytic backward (SPEC §2, "Analytic
-gradient") as ``torch.autograd.Function``\\ s.
+gradient") as two ``torch.autograd.Function`` classes.
 
 * :class:`LossFunction`: ``engine.forward`` returns the loss and the residuals (outputs
   marked non-differentiable, saved with ``ctx.save_for_backward``); ``backward`` hands
@@ -121,7 +121,7 @@ class GradientInForwardFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
         problem = inputs[0]
         grads = output[1:]
-        ctx.mark_non_differentiable(*grads)
+        ctx.mark_non_differentiable(*(g for g in grads if g is not None))
         ctx.save_for_backward(*grads, *inputs[1 : 1 + len(grads)])
         ctx.problem = problem
         ctx.n_arrays = len(inputs) - 1
@@ -171,9 +171,16 @@ def _guarded(
 ) -> tuple[torch.Tensor | None, ...]:
     """The gradients for every array argument: under ``create_graph`` attached to
     ``inputs`` through :class:`_OnceDifferentiable` (a second derivative raises), and
-    ``None`` for the non-differentiable arrays after them (labels, masks)."""
+    ``None`` for the non-differentiable arrays after them (labels, masks) and for absent
+    optional inputs."""
     if create_graph:
-        grads = _OnceDifferentiable.apply(len(grads), *grads, *inputs)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        attached = _OnceDifferentiable.apply(len(present), *(grads[i] for i in present),
+                                             *(inputs[i] for i in present))
+        out: list[torch.Tensor | None] = [None] * len(grads)
+        for i, g in zip(present, attached, strict=True):
+            out[i] = g
+        grads = tuple(out)
     return (*grads, *(None,) * (n_arrays - len(grads)))
 
 

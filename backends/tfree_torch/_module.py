@@ -26,24 +26,49 @@ class TemperatureFreeLoss(nn.Module):
     """The temperature-free contrastive loss (Kim & Kim, arXiv:2501.17683) as a module.
 
     The logit of a cosine similarity ``s`` is ``φ(s) = 2·atanh(clip(s, -b, b))`` instead of
-    ``s/τ``; the loss is the softmax cross-entropy over each anchor's candidates::
+    ``s/τ``; the loss is the softmax cross-entropy over each anchor's candidates:
 
         L_i = -(1/|P(i)|) Σ_{p∈P(i)} [ℓ_ip - log Σ_{j∈C(i)} exp(ℓ_ij)]
 
+    Calling the module calls the layout's function of ``tfree_torch`` with the options
+    given here (see ``forward`` for what each layout takes). The module has no parameters
+    or buffers; it validates its options when built, so a bad option fails at
+    construction, not at the first batch.
+
     Args:
-        layout: which candidates and positives (SPEC §3):
+        layout: Which candidates and positives (SPEC §3): ``"info_nce"`` (pairs, CLIP;
+            MoCo with ``negatives``; calls ``tfree_torch.info_nce``), ``"nt_xent"``
+            (SimCLR), ``"sup_con"`` (SupCon) or ``"similarity"`` (a precomputed
+            similarity matrix: ``tfree_torch.loss_from_similarity``). One of ``LAYOUTS``.
+        symmetric: ``½(L_q→k + L_k→q)``, both directions (CLIP); ``"info_nce"`` only
+            (``ValueError`` with another layout). A bool.
+        logit_map: ``"arctanh"`` (default): ``ℓ = 2·atanh(clip(s, -b, b))``, no
+            temperature; or ``"temperature"``: InfoNCE's ``ℓ = s/τ`` (for comparisons).
+        temperature: ``τ > 0``, only with ``logit_map="temperature"``.
+        eps: The clip ``b`` = the largest compute-dtype value ``<= 1 - eps`` (default
+            ``1e-6``: logit cap 14.5087 in float64, 14.4955 in float32); in ``(0, 0.5)``.
+        reduction: ``"mean"`` over the anchors that have a positive, ``"sum"``, or
+            ``"none"`` (per-anchor losses).
+        chunk_size: ``"auto"`` (default), ``None`` (always the whole similarity matrix) or
+            rows per block (tiled: no ``N × M`` array); not with ``"similarity"``.
+        check_finite: ``True``: raise ``ValueError`` on NaN or ±inf inputs (a pass over
+            them; eager calls).
 
-            * ``"info_nce"``: ``loss(query, key, *, labels=None, negatives=None, where=None)``
-              (pairs / CLIP; MoCo with ``negatives``);
-            * ``"nt_xent"``: ``loss(z1, z2, *, where=None)`` (SimCLR);
-            * ``"sup_con"``: ``loss(features, labels, *, where=None)`` (SupCon);
-            * ``"similarity"``: ``loss(similarity, positive_mask, *, valid_mask=None,
-              where=None)``.
-        symmetric: ``½(L_q→k + L_k→q)`` (``"info_nce"`` only).
-        logit_map, temperature, eps, reduction, chunk_size, check_finite: as in
-            :func:`tfree_torch.info_nce`.
+    Examples:
+        A SimCLR step: the module in place of a criterion with a temperature.
 
-    The module has no parameters or buffers; it validates its options when built.
+        ```python
+        import torch
+        import tfree_torch
+
+        encoder = torch.nn.Linear(32, 16)
+        criterion = tfree_torch.TemperatureFreeLoss("nt_xent")
+        x1, x2 = torch.randn(8, 32), torch.randn(8, 32)  # two views of 8 examples
+        loss = criterion(encoder(x1), encoder(x2))
+        loss.backward()
+        clip = tfree_torch.TemperatureFreeLoss("info_nce", symmetric=True)
+        assert clip(torch.randn(8, 16), torch.randn(8, 16)).shape == ()
+        ```
     """
 
     def __init__(
@@ -62,8 +87,8 @@ class TemperatureFreeLoss(nn.Module):
         engine.check_flag("check_finite", check_finite)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
-        if not isinstance(symmetric, bool):
-            raise TypeError(f"symmetric must be a bool; got {type(symmetric).__name__}")
+        engine.check_flag("symmetric", symmetric)
+        symmetric = bool(symmetric)
         surface = _SURFACE[_FUNCTIONS[layout].__name__]
         if symmetric and not any(p.name == "symmetric" for p in surface.keywords):
             raise ValueError(f"symmetric=True needs layout='info_nce'; got layout={layout!r}")
@@ -100,7 +125,32 @@ class TemperatureFreeLoss(nn.Module):
         valid_mask: Tensor | None = None,
         where: Tensor | None = None,
     ) -> Tensor:
-        """The loss of the configured layout (see the class docstring for the arguments)."""
+        """The loss of the configured layout.
+
+        Args:
+            input: The first array of the layout: ``query`` ``(N, D)`` (``"info_nce"``),
+                ``z1`` ``(N, D)`` (``"nt_xent"``), ``features`` ``(N, D)`` or
+                ``(N, V, D)`` (``"sup_con"``), ``similarity`` ``(N, M)``
+                (``"similarity"``).
+            other: The second: ``key`` ``(N, D)``, ``z2`` ``(N, D)``, integer
+                ``labels`` ``(N,)`` (``"sup_con"``: here or as ``labels=``), or the
+                boolean ``positive_mask`` ``(N, M)``. Required.
+            labels: ``"info_nce"``: integer ``(N,)``, keys with the query's label are
+                its positives; ``"sup_con"``: the class ids, if not given as ``other``.
+            negatives: ``"info_nce"`` only: ``(M, D)`` shared or ``(N, M, D)`` per-row
+                negatives (MoCo).
+            valid_mask: ``"similarity"`` only: boolean ``(N, M)``, the candidates.
+            where: Boolean ``(N,)``: rows where it is False are neither anchors nor
+                candidates (padding).
+
+        Returns:
+            The loss in the compute dtype (float32 for float16 / bfloat16 / float32,
+            float64 for float64): a scalar, or the per-anchor losses for
+            ``reduction="none"``.
+
+        Raises:
+            TypeError: An argument the layout does not take, or ``other`` missing.
+        """
         function = _FUNCTIONS[self.layout]
         surface = _SURFACE[function.__name__]
         first, second = (p.name for p in surface.positional)

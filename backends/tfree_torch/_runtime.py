@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from tfree_core import engine
@@ -79,12 +80,84 @@ class TorchRuntime(engine.Runtime):
     return_type = torch.Tensor
     extras = (_GROUP, _KERNEL)
     notes = _NOTES
+    examples: Mapping[str, str] = {
+        "info_nce": """
+            import torch
+            import tfree_torch
+
+            query = torch.randn(8, 16, requires_grad=True)
+            key = torch.randn(8, 16, requires_grad=True)
+            loss = tfree_torch.info_nce(query, key)
+            loss.backward()  # the analytic gradient, into query.grad and key.grad
+            clip = tfree_torch.info_nce(query, key, symmetric=True)
+            assert query.grad.shape == (8, 16) and clip.shape == ()
+        """,
+        "nt_xent": """
+            import torch
+            import tfree_torch
+
+            z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+            per_anchor = tfree_torch.nt_xent(z1, z2, reduction="none")
+            assert per_anchor.shape == (16,)  # the z1 anchors first
+        """,
+        "sup_con": """
+            import torch
+            import tfree_torch
+
+            views = torch.randn(8, 2, 16)  # (N, V, D)
+            labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+            per_anchor = tfree_torch.sup_con(views, labels, reduction="none")
+            assert per_anchor.shape == (8, 2)
+        """,
+        "loss_from_similarity": """
+            import torch
+            import tfree_torch
+
+            similarity = (2 * torch.rand(4, 6) - 1).requires_grad_()
+            positive_mask = torch.eye(4, 6, dtype=torch.bool)
+            valid_mask = torch.ones(4, 6, dtype=torch.bool)
+            valid_mask[0, 5] = False
+            loss = tfree_torch.loss_from_similarity(similarity, positive_mask,
+                                                    valid_mask=valid_mask)
+            loss.backward()
+            assert similarity.grad[0, 5] == 0  # no candidate, no gradient
+        """,
+        "logits": """
+            import math
+
+            import torch
+            import tfree_torch
+
+            phi = tfree_torch.logits(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+            assert phi[0] == 0 and math.isclose(phi[1], math.log(3))
+            assert math.isclose(phi[2], 14.508657, rel_tol=1e-7)  # the cap at eps = 1e-6
+        """,
+    }
     tracing = "torch.compile"
     xp = xp
+
+    def check_options(self, function, args) -> None:
+        if not torch.compiler.is_compiling():
+            return
+        arrays = set(function.array_names)
+        for name, value in args.items():
+            if name not in arrays and isinstance(value, (np.generic, np.ndarray)):
+                raise TypeError(
+                    f"{name} must be a Python scalar under torch.compile (Dynamo traces a "
+                    "NumPy scalar as a tensor, which cannot be a constant of the graph); "
+                    f"got a NumPy value: pass {name}=value.item() (eager calls take NumPy "
+                    "scalars as they are)")
 
     def check_arrays(self, named, extras) -> None:
         if not all(a is None or isinstance(a, torch.Tensor) for _, a in named):
             raise TypeError(_library_error(engine.array_types(named)))
+        for name, a in named:
+            if a is not None and a.is_nested:
+                raise TypeError(f"{name} is a nested tensor; the loss takes dense (strided) "
+                                "tensors of one shape: pad the batch and pass where=")
+            if a is not None and a.layout != torch.strided:
+                raise TypeError(f"{name} is a {a.layout} tensor; the loss takes dense "
+                                "(torch.strided) tensors: call .to_dense()")
 
     def check_extras(self, extras: Mapping[str, Any]) -> None:
         check_kernel(extras["kernel"])

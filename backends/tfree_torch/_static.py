@@ -1,6 +1,6 @@
 """The static half of a call (options, validation, the ``Problem``), kept out of traces.
 
-``tfree_core`` validates options with NumPy scalars (``check_eps_for_dtype``) and finds
+``tfree_core`` validates options with NumPy scalars (``check_for_dtype``) and finds
 the clip bound ``b`` with ``fractions.Fraction`` (``clip_bound``): pure functions of Python
 constants, which ``torch.compile`` (Dynamo) cannot trace (a NumPy scalar in an ``if`` is
 a graph break). So:
@@ -65,12 +65,16 @@ def options_for(
             logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction
         )
         raise
-    return _options_for(logit_map, temperature, eps, reduction)
+    # keyed on the types as well: True == 1 and 1 == 1.0 hash alike, but only some of
+    # them are valid options
+    types = tuple(type(v) for v in (logit_map, temperature, eps, reduction))
+    return _options_for(logit_map, temperature, eps, reduction, types)
 
 
 @functools.lru_cache(maxsize=256)
 def _options_for(
-    logit_map: str, temperature: float | None, eps: float, reduction: str
+    logit_map: str, temperature: float | None, eps: float, reduction: str,
+    types: tuple[type, ...],
 ) -> BoundOptions:
     options = engine.make_options(
         logit_map=logit_map, temperature=temperature, eps=eps, reduction=reduction

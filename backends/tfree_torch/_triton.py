@@ -30,6 +30,7 @@ tfree_torch`` imports ``torch._dynamo``, which imports Triton when it is install
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import torch
@@ -58,6 +59,13 @@ def _triton() -> Any:
     return triton
 
 
+def _clashes_with_tensorflow() -> bool:
+    """Whether importing Triton now would abort the process: TensorFlow's LLVM is loaded
+    and Triton's is not, and the two register the same command-line options (LLVM
+    aborts, "inconsistency in registered CommandLine options", no exception)."""
+    return "tensorflow" in sys.modules and "triton" not in sys.modules
+
+
 def available() -> bool:
     """Whether Triton is installed."""
     return _triton() is not None
@@ -78,6 +86,9 @@ def _why_not(problem: engine.Problem, arrays: tuple[torch.Tensor | None, ...]) -
     reason = engine.fused_unsupported(problem, arrays)
     if reason is not None:
         return f"the fused kernels do not support {reason}"
+    if _clashes_with_tensorflow():
+        return ("Triton after TensorFlow in one process (their LLVM builds clash and "
+                "abort the process): import torch._dynamo (or triton) before tensorflow")
     if not available():
         return "Triton is not installed (pip install 'tfree[fused]')"
     if torch.compiler.is_compiling():

@@ -10,13 +10,15 @@ from ._base import Checked, Layout, Saved
 from .negatives import Negatives
 from .nt_xent import NtXent
 from .pairs import Pairs
+from .retrieval import Retrieval
 from .similarity import Similarity
 from .sup_con import SupCon
 
 __all__ = ["LAYOUTS", "Checked", "Layout", "Saved", "layout"]
 
 LAYOUTS: dict[str, Layout] = {
-    spec.name: spec for spec in (Pairs(), Negatives(), NtXent(), SupCon(), Similarity())
+    spec.name: spec for spec in (Pairs(), Negatives(), NtXent(), SupCon(), Similarity(),
+                                 Retrieval())
 }
 
 

@@ -71,9 +71,22 @@ def labels_fit(labels: Array | None, first: Array) -> bool:
     return labels is None or labels.shape[0] == first.shape[0]
 
 
-def normalized(x: Array, xp: Namespace) -> tuple[Array, Array]:
-    """``(u, ‖x‖)`` of ``x`` taken to its compute dtype (SPEC §2.1-§2.2)."""
-    return normalize(to_compute(x, xp), xp)
+def normalized(x: Array, xp: Namespace, where: Array | None = None) -> tuple[Array, Array]:
+    """``(u, 1/‖x‖)`` of ``x`` taken to its compute dtype (SPEC §2.1-§2.2); rows where
+    ``where`` is False first become zero rows (see :func:`drop_rows`)."""
+    return normalize(drop_rows(to_compute(x, xp), where, xp), xp)
+
+
+def drop_rows(x: Array, where: Array | None, xp: Namespace) -> Array:
+    """``x`` with the rows where ``where`` is False replaced by zeros, *selected* (not
+    multiplied by a mask): a masked row may hold anything, NaN and inf included (padding
+    from ``torch.empty``), and must reach no arithmetic that touches other rows (a product
+    ``0·NaN`` in ``G·U`` would poison every gradient). A zero row has zero similarity with
+    everything and a zero gradient (SPEC §2.1)."""
+    if where is None:
+        return x
+    mask = xp.reshape(where, (where.shape[0],) + (1,) * (len(x.shape) - 1))
+    return xp.where(mask, x, xp.zeros_like(x))
 
 
 def everyone(n: int, like: Array, xp: Namespace) -> Array:
@@ -180,7 +193,7 @@ class Layout:
         positive similarity and whether it has one, over all ranks' columns."""
         raise NotImplementedError(f"{self.name} has no symmetric form")
 
-    def to_columns(self, local: Array, comm: Collectives, xp: Namespace) -> Array:
+    def to_columns(self, local: Array, t: Tiling, comm: Collectives, xp: Namespace) -> Array:
         """A vector over this rank's column anchors (its keys) as a vector over every
         column of every rank (default: the columns are the ranks' keys, in rank order)."""
         return gather(local, comm)
@@ -221,6 +234,6 @@ class Layout:
         return cotangent
 
 
-def vjp(saved: Saved, unit: str, norm: str, du: Array, xp: Namespace) -> Array:
+def vjp(saved: Saved, unit: str, inverse_norm: str, du: Array, xp: Namespace) -> Array:
     """``dz`` of one normalised input from ``du`` (SPEC §2.1's VJP)."""
-    return normalize_vjp(saved[unit], saved[norm], du, xp)
+    return normalize_vjp(saved[unit], saved[inverse_norm], du, xp)

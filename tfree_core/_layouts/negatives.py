@@ -29,7 +29,7 @@ class Negatives(Layout):
     function = "info_nce with negatives="
     arrays = ("query", "key", "negatives", "where")
     differentiable = ("query", "key", "negatives")
-    saved = ("uq", "nq", "uk", "nk", "un", "nn", "where")
+    saved = ("uq", "rq", "uk", "rk", "un", "rn", "where")
     shardable = False
 
     def check(self, arrays, xp) -> Checked:
@@ -63,10 +63,11 @@ class Negatives(Layout):
 
     def setup(self, problem, arrays, xp, comm) -> Saved:
         query, key, negatives, where = arrays
-        uq, nq = normalized(query, xp)
-        uk, nk = normalized(key, xp)
-        un, nn = normalized(negatives, xp)
-        return {"uq": uq, "nq": nq, "uk": uk, "nk": nk, "un": un, "nn": nn, "where": where}
+        uq, rq = normalized(query, xp, where)
+        uk, rk = normalized(key, xp, where)
+        # per-row negatives belong to their row; shared ones to no row
+        un, rn = normalized(negatives, xp, where if len(negatives.shape) == 3 else None)
+        return {"uq": uq, "rq": rq, "uk": uk, "rk": rk, "un": un, "rn": rn, "where": where}
 
     def blocks(self, problem, saved, xp, comm) -> Tiling:
         un = saved["un"]
@@ -82,5 +83,5 @@ class Negatives(Layout):
         # the key is no column of the matrix: its only term is the positive's
         duq = du_a + g_positive[:, None] * uk
         duk = g_positive[:, None] * uq
-        return (vjp(saved, "uq", "nq", duq, xp), vjp(saved, "uk", "nk", duk, xp),
-                vjp(saved, "un", "nn", du_c, xp))
+        return (vjp(saved, "uq", "rq", duq, xp), vjp(saved, "uk", "rk", duk, xp),
+                vjp(saved, "un", "rn", du_c, xp))

@@ -41,7 +41,7 @@ class NtXent(Layout):
     function = "nt_xent"
     arrays = ("z1", "z2", "where")
     differentiable = ("z1", "z2")
-    saved = ("u", "norm", "candidates", "has", "col_where")
+    saved = ("u", "rnorm", "candidates", "has", "col_where")
 
     def check(self, arrays, xp) -> Checked:
         z1, z2, _ = arrays
@@ -59,9 +59,9 @@ class NtXent(Layout):
 
     def setup(self, problem, arrays, xp, comm) -> Saved:
         z1, z2, where = arrays
-        u, norm = normalized(xp.concat([z1, z2], axis=0), xp)
         has = None if where is None else xp.concat([where, where])
-        return {"u": u, "norm": norm, "candidates": gather(u, comm), "has": has,
+        u, rnorm = normalized(xp.concat([z1, z2], axis=0), xp, has)
+        return {"u": u, "rnorm": rnorm, "candidates": gather(u, comm), "has": has,
                 "col_where": gather_mask(has, comm, xp)}
 
     def blocks(self, problem, saved, xp, comm) -> Tiling:
@@ -86,6 +86,6 @@ class NtXent(Layout):
         other = partner(u.shape[0], u, xp)
         both = g_positive + xp.take(g_positive, other, axis=0)
         du = du + both[:, None] * xp.take(u, other, axis=0)
-        dz = normalize_vjp(u, saved["norm"], du, xp)
+        dz = normalize_vjp(u, saved["rnorm"], du, xp)
         half = dz.shape[0] // 2
         return dz[:half, :], dz[half:, :]

@@ -35,7 +35,7 @@ class Pairs(Layout):
     function = "info_nce"
     arrays = ("query", "key", "labels", "where")
     differentiable = ("query", "key")
-    saved = ("uq", "nq", "uk", "nk", "candidates", "labels", "col_labels", "where",
+    saved = ("uq", "rq", "uk", "rk", "candidates", "labels", "col_labels", "where",
              "col_where")
 
     def check(self, arrays, xp) -> Checked:
@@ -55,9 +55,9 @@ class Pairs(Layout):
 
     def setup(self, problem, arrays, xp, comm) -> Saved:
         query, key, labels, where = arrays
-        uq, nq = normalized(query, xp)
-        uk, nk = normalized(key, xp)
-        return {"uq": uq, "nq": nq, "uk": uk, "nk": nk, "candidates": gather(uk, comm),
+        uq, rq = normalized(query, xp, where)
+        uk, rk = normalized(key, xp, where)
+        return {"uq": uq, "rq": rq, "uk": uk, "rk": rk, "candidates": gather(uk, comm),
                 "labels": labels, "col_labels": gather(labels, comm), "where": where,
                 "col_where": gather_mask(where, comm, xp)}
 
@@ -89,4 +89,4 @@ class Pairs(Layout):
         if g_positive is not None:  # the positive pair (q_i, k_i), outside the matrix
             duq = duq + g_positive[:, None] * saved["uk"]
             duk = duk + g_positive[:, None] * saved["uq"]
-        return vjp(saved, "uq", "nq", duq, xp), vjp(saved, "uk", "nk", duk, xp)
+        return vjp(saved, "uq", "rq", duq, xp), vjp(saved, "uk", "rk", duk, xp)

@@ -8,7 +8,7 @@ from typing import Any
 from .. import _validation as check
 from .._blocks import GivenMatrix
 from .._namespace import to_compute
-from ._base import Checked, Layout, Saved
+from ._base import Checked, Layout, Saved, drop_rows
 
 
 class Similarity(Layout):
@@ -48,7 +48,7 @@ class Similarity(Layout):
 
     def setup(self, problem, arrays, xp, comm) -> Saved:
         similarity, positive, valid, where = arrays
-        s = to_compute(similarity, xp)
+        s = drop_rows(to_compute(similarity, xp), where, xp)
         if where is not None:
             rows = xp.broadcast_to(where[:, None], s.shape)
             valid = rows if valid is None else xp.logical_and(valid, rows)

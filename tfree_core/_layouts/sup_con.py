@@ -30,7 +30,7 @@ class SupCon(Layout):
     function = "sup_con"
     arrays = ("features", "labels", "where")
     differentiable = ("features",)
-    saved = ("u", "norm", "candidates", "labels", "col_labels", "where", "col_where")
+    saved = ("u", "rnorm", "candidates", "labels", "col_labels", "where", "col_where")
     static_sizes = ((0, 1),)  # (N, V, D): the number of views shapes the loss
 
     def check(self, arrays, xp) -> Checked:
@@ -75,8 +75,8 @@ class SupCon(Layout):
             flat = xp.reshape(xp.permute_dims(features, (1, 0, 2)), (v * n, d))
             labels = xp.concat([labels] * v)
             where = None if where is None else xp.concat([where] * v)
-        u, norm = normalized(flat, xp)
-        return {"u": u, "norm": norm, "candidates": gather(u, comm), "labels": labels,
+        u, rnorm = normalized(flat, xp, where)
+        return {"u": u, "rnorm": rnorm, "candidates": gather(u, comm), "labels": labels,
                 "col_labels": gather(labels, comm), "where": where,
                 "col_where": gather_mask(where, comm, xp)}
 
@@ -88,7 +88,7 @@ class SupCon(Layout):
                       row_offset=row_offset(comm, u.shape[0]))
 
     def gradients(self, problem, saved, du_a, du_c, g_positive, xp) -> tuple[Any, ...]:
-        dz = normalize_vjp(saved["u"], saved["norm"], du_a + du_c, xp)
+        dz = normalize_vjp(saved["u"], saved["rnorm"], du_a + du_c, xp)
         if problem.views:
             rows, d = dz.shape
             v = problem.views
