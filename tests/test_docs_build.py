@@ -2,8 +2,9 @@
 
 The build runs once per module into a temporary folder. The browser checks serve that folder
 on 127.0.0.1 (a random free port) and drive Debian's headless Chromium through Selenium:
-the home page renders, the framework tabs switch together, every figure of the loss page
-loads, search finds the loss page, and the console shows no errors. They skip, saying why,
+every page of the navigation renders with its title, images and no console error, the
+footer links each page to the previous and next one, the framework tabs switch together,
+every figure of the loss page loads, search finds the loss page. They skip, saying why,
 where mkdocs, Selenium, chromium or chromedriver is missing.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -25,6 +27,27 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_S = 20
+
+
+def nav_pages() -> list[str]:
+    """The Markdown pages of mkdocs.yml's ``nav``, in reading order."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install '.[docs]')")
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+
+    def walk(items) -> list[str]:
+        pages = []
+        for item in items:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            pages += walk(value) if isinstance(value, list) else [value]
+        return pages
+
+    return walk(config["nav"])
+
+
+def _url(page: str) -> str:
+    """The site path of a page: ``faq.md`` -> ``faq/``, ``index.md`` -> ``""``."""
+    stem = page.removesuffix(".md")
+    return "" if stem == "index" else f"{stem}/"
 
 
 def _docs_files() -> set[str]:
@@ -50,12 +73,21 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+def test_nav_has_every_page():
+    pages = nav_pages()
+    assert {"index.md", "install.md", "loss.md", "layouts.md", "migrating.md",
+            "integrations.md", "faq.md", "conformance.md", "performance.md", "distributed.md",
+            "large-batches.md", "experiments.md", "guarantees.md", "api/core.md",
+            "api/torch.md", "api/jax.md", "api/tf.md", "api/keras.md", "spec.md",
+            "changelog.md"} <= set(pages), pages
+    on_disk = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")
+               if p.parts[-2] != "data"}
+    assert on_disk <= set(pages), f"pages not in the nav: {sorted(on_disk - set(pages))}"
+
+
 def test_build_has_every_page_and_figure(site: Path):
-    for page in ("index.html", "loss/index.html", "layouts/index.html",
-                 "migrating/index.html", "conformance/index.html", "performance/index.html",
-                 "guarantees/index.html", "spec/index.html", "api/core/index.html",
-                 "api/torch/index.html", "api/jax/index.html", "api/tf/index.html"):
-        assert (site / page).is_file(), page
+    for page in nav_pages():
+        assert (site / _url(page) / "index.html").is_file(), page
     for figure in ("logit_map.png", "gradient.png", "floor.png"):
         data = (site / "generated" / figure).read_bytes()
         assert data.startswith(b"\x89PNG"), figure
@@ -68,6 +100,32 @@ def test_build_has_every_page_and_figure(site: Path):
     for page in site.rglob("*.html"):
         assert "<!-- tfree:" not in page.read_text(encoding="utf-8"), f"a marker left in {page}"
     assert "googleapis" not in (site / "index.html").read_text(encoding="utf-8")
+    changelog = (site / "changelog/index.html").read_text(encoding="utf-8")
+    assert "0.1.0" in changelog, "CHANGELOG.md not included"
+    assert "--8&lt;--" not in changelog, "the snippet marker was not replaced"
+
+
+def _text(html: str) -> str:
+    import html as html_module
+    import re
+
+    return html_module.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+@pytest.mark.parametrize("module", ["core", "torch", "jax", "tf", "keras"])
+def test_api_pages_render_the_docstrings(site: Path, module: str):
+    """No reStructuredText left as text, examples rendered as code, attributes with their
+    own docstring (not their type's)."""
+    html = (site / "api" / module / "index.html").read_text(encoding="utf-8")
+    text = _text(html)
+    for markup in (":func:", ":class:", ":meth:", ":data:", ":mod:", ">>>", "=====", "::\n"):
+        assert markup not in text, f"api/{module}: {markup!r} rendered as text"
+    examples = html.count('<span class="doc-section-title">Examples:</span>')
+    assert examples >= 1, f"api/{module}: no Examples section"
+    assert html.count('<span class="kn">import</span>') >= examples, f"api/{module}: no code"
+    for leaked in ("Convert a string or number", "Built-in immutable sequence"):
+        assert leaked not in text, f"api/{module}: an attribute shows its type's docstring"
+    assert "ContrastiveLossFunction" not in text
 
 
 def test_nothing_generated_is_tracked():
@@ -132,6 +190,52 @@ def _wait(driver, condition, message: str):
 def _console_errors(driver) -> list[str]:
     return [f"{e['level']}: {e['message']}" for e in driver.get_log("browser")
             if e["level"] in ("SEVERE", "ERROR")]
+
+
+@pytest.mark.parametrize("page", nav_pages() if importlib.util.find_spec("yaml") else [])
+def test_nav_page_renders(driver, base_url, page):
+    """Every page of the navigation: a title, every image loaded, no console error."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base_url}/{_url(page)}")
+    heading = driver.find_elements(By.CSS_SELECTOR, "article h1")
+    assert heading, f"{page}: no title"
+    assert heading[0].text.strip(), f"{page}: an empty title"
+    _wait(driver, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('article img')].every(i => i.complete)"),
+        f"{page}: images did not finish loading")
+    broken = driver.execute_script(
+        "return [...document.querySelectorAll('article img')]"
+        ".filter(i => i.naturalWidth === 0).map(i => i.src)")
+    assert broken == [], f"{page}: images that did not load: {broken}"
+    assert _console_errors(driver) == [], page
+
+
+def test_footer_links_previous_and_next_page(driver, base_url):
+    """Material's footer navigation (``navigation.footer``): each page links the pages
+    before and after it in the nav, and following "next" from the home page walks it."""
+    from selenium.webdriver.common.by import By
+
+    pages = nav_pages()
+
+    def footer() -> tuple[str | None, str | None]:
+        links = {}
+        for kind in ("prev", "next"):
+            found = driver.find_elements(By.CSS_SELECTOR, f"a.md-footer__link--{kind}")
+            links[kind] = urlsplit(found[0].get_attribute("href")).path if found else None
+        return links["prev"], links["next"]
+
+    driver.get(base_url + "/")
+    assert footer() == (None, "/" + _url(pages[1])), footer()
+    for i in range(1, 4):  # follow "next" through the first pages
+        driver.find_element(By.CSS_SELECTOR, "a.md-footer__link--next").click()
+        _wait(driver, lambda d, i=i: urlsplit(d.current_url).path == "/" + _url(pages[i]),
+              f"next did not lead to {pages[i]}: {driver.current_url}")
+        previous, following = footer()
+        assert previous == "/" + _url(pages[i - 1]), (pages[i], previous)
+        assert following == "/" + _url(pages[i + 1]), (pages[i], following)
+    driver.get(f"{base_url}/{_url(pages[-1])}")
+    assert footer() == ("/" + _url(pages[-2]), None), footer()
 
 
 def test_home_page_renders(driver, base_url):

@@ -6,6 +6,12 @@ A block is skipped only when
   define (yet): the reason names the missing attribute, or
 - it is preceded by ``<!-- skip-snippet: reason -->`` (the reason is reported).
 A block that runs and raises fails the test.
+
+The API reference is made from the docstrings of the public modules, so they are checked
+too: every ```python block in the docstring of a public module, of every name in its
+``__all__`` and of their public methods runs (read from the live objects, as the API pages
+read them), and every public function and class documents each parameter, has a
+``Returns`` section (functions) and an example.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 import textwrap
@@ -44,7 +51,12 @@ class Snippet:
 
 def collect(path: Path) -> list[Snippet]:
     """The ```python blocks of one Markdown file, dedented (blocks inside tabs are indented)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    return collect_text(path.read_text(encoding="utf-8"), path)
+
+
+def collect_text(text: str, path: Path) -> list[Snippet]:
+    """The ```python blocks of a Markdown text (a page, a docstring), dedented."""
+    lines = text.splitlines()
     snippets, i = [], 0
     while i < len(lines):
         match = FENCE.match(lines[i])
@@ -156,3 +168,134 @@ def test_missing_backend_function_skips_with_its_name(tmp_path):
     snippet = Snippet(tmp_path / "x.md", 1, "import not_a_real_module_xyz\n", None)
     with pytest.raises(pytest.skip.Exception, match="imports not_a_real_module_xyz"):
         _require(snippet)
+
+
+# --- the docstrings of the public API ----------------------------------------------------
+
+PUBLIC = {"tfree_core": ROOT / "tfree_core", "tfree_torch": ROOT / "backends" / "tfree_torch",
+          "tfree_jax": ROOT / "backends" / "tfree_jax", "tfree_tf": ROOT / "backends" / "tfree_tf",
+          "tfree_keras": ROOT / "backends" / "tfree_keras"}
+FRAMEWORK = {**BACKENDS, "tfree_keras": "keras"}
+
+
+def public_names(module: str) -> list[str]:
+    """``__all__`` of a public module, read from its source (importing the frameworks while
+    the tests are collected would change what the other tests see)."""
+    tree = ast.parse((PUBLIC[module] / "__init__.py").read_text(encoding="utf-8"))
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                names += ast.literal_eval(node.value)
+    return [n for n in names if not n.startswith("_")]
+
+
+API = [(module, name) for module in PUBLIC for name in [None, *public_names(module)]]
+
+
+def _api_id(item: tuple[str, str | None]) -> str:
+    module, name = item
+    return module if name is None else f"{module}.{name}"
+
+
+def _documented(module: str, name: str | None) -> list[tuple[str, object]]:
+    """The object and, for a class, its public methods with a docstring (as the API pages
+    show them): ``(qualified name, object)``."""
+    if module in FRAMEWORK:
+        pytest.importorskip(FRAMEWORK[module], reason=f"{FRAMEWORK[module]} is not installed")
+    package = importlib.import_module(module)
+    if name is None:
+        return [(module, package)]
+    obj = getattr(package, name)
+    found = [(f"{module}.{name}", obj)]
+    if inspect.isclass(obj):
+        for attr, value in vars(obj).items():
+            if not attr.startswith("_") and callable(value) and value.__doc__:
+                found.append((f"{module}.{name}.{attr}", value))
+    return found
+
+
+def docstring_snippets(module: str, name: str | None) -> list[Snippet]:
+    snippets = []
+    for qualified, obj in _documented(module, name):
+        if isinstance(obj, (int, float, str, tuple)):
+            continue  # attributes: their docstrings are in the source (docs hook)
+        doc = inspect.getdoc(obj) or ""
+        snippets += collect_text(doc, Path(f"<{qualified}>"))
+    return snippets
+
+
+@pytest.mark.parametrize("item", API, ids=[_api_id(i) for i in API])
+def test_docstring_examples_run(item):
+    snippets = docstring_snippets(*item)
+    for snippet in snippets:
+        _require(snippet)
+        exec(compile(snippet.code, snippet.id, "exec"), {"__name__": "__docs_snippet__"})
+
+
+def _attribute_docstring(module: str, name: str) -> str | None:
+    """The docstring the API page shows for a module attribute (the docs' griffe hook)."""
+    pytest.importorskip("griffe", reason="griffe is not installed (pip install '.[docs]')")
+    path = DOCS / "hooks" / "griffe_attributes.py"
+    spec = importlib.util.spec_from_file_location("docs_hook_griffe_attributes", path)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    return hook.attribute_docstring(module, name)
+
+
+def _sections(obj) -> dict[str, list]:
+    griffe = pytest.importorskip("griffe", reason="griffe is not installed (pip install '.[docs]')")
+    options = {"returns_multiple_items": False, "warn_unknown_params": False,
+               "warn_missing_types": False}
+    parsed = griffe.Docstring(inspect.getdoc(obj) or "", parser="google",
+                              parser_options=options).parse()
+    sections: dict[str, list] = {}
+    for section in parsed:
+        sections.setdefault(section.kind.value, []).append(section.value)
+    return sections
+
+
+def _parameters(obj) -> list[str]:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    if inspect.isclass(obj) and target is object.__init__:
+        return []
+    return [p.name for p in signature.parameters.values() if p.name not in ("self", "cls")
+            and not (inspect.isclass(obj) and p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                     and issubclass(obj, BaseException))]
+
+
+@pytest.mark.parametrize("item", [i for i in API if i[1] is not None],
+                         ids=[_api_id(i) for i in API if i[1] is not None])
+def test_public_docstrings_are_complete(item):
+    """Each parameter documented (positional ones too), a ``Returns`` section for a
+    function, an example for every function and class; attributes: a source docstring."""
+    for qualified, obj in _documented(*item):
+        if isinstance(obj, (int, float, str, tuple)):
+            assert _attribute_docstring(*item), f"{qualified}: no docstring in the source"
+            continue
+        sections = _sections(obj)
+        is_method = qualified.count(".") == 2
+        documented = {p.name.lstrip("*") for params in sections.get("parameters", [])
+                      for p in params}
+        missing = [p for p in _parameters(obj) if p not in documented]
+        assert not missing, f"{qualified}: parameters without documentation: {missing}"
+        if inspect.isclass(obj):
+            assert "examples" in sections, f"{qualified}: no Examples section"
+            continue
+        returns = inspect.signature(obj).return_annotation
+        if returns not in (None, "None"):
+            assert "returns" in sections, f"{qualified}: no Returns section"
+        if not is_method:
+            assert "examples" in sections, f"{qualified}: no Examples section"
+            assert "```python" in inspect.getdoc(obj), f"{qualified}: no ```python example"
+
+
+def test_api_names_are_read_from_the_sources():
+    assert {"info_nce", "info_nce_value_and_grad", "DEFAULT_EPS"} <= set(public_names("tfree_core"))
+    assert "cached_value_and_grad" in public_names("tfree_jax")
+    assert {"TemperatureFreeLoss", "LAYOUTS"} <= set(public_names("tfree_keras"))
