@@ -17,6 +17,7 @@ import numpy as np
 from conformance.adapters import Unsupported, make_adapter
 from conformance.capabilities import CAPABILITIES, capability_of
 from conformance.golden import compiled_subset, load_cases
+from conformance.mappings import relieve
 from conformance.selection import full_plan, representative
 from conformance.tolerances import compare
 
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                      {c.id for c in compiled_subset(cases)})
     plan = representative(full) if args.select == "representative" else full
     emit({"planned": len(plan), "full": len(full), "devices": present, "absent": absent})
-    for device, mode, dtype, case in plan:
+    for index, (device, mode, dtype, case) in enumerate(plan):
+        if index % 20 == 19:
+            relieve()
         # Announced first, so that a worker that dies in it can be told which check killed it.
         emit({"running": {"device": device, "mode": mode, "dtype": dtype, "case": case.id}})
         row = {"backend": adapter.name or args.backend, "device": device, "mode": mode,

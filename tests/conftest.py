@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
+
+from conformance.mappings import relieve
 
 if importlib.util.find_spec("torch") is not None:
     # torch.compile's Dynamo imports Triton where it is installed; Triton's LLVM and
@@ -17,25 +17,17 @@ if importlib.util.find_spec("torch") is not None:
 
 CORE_BACKENDS = ("numpy", "array_api_strict")
 
-# Every program JAX compiles maps its code into the process (about 60 mappings for one
-# loss and gradient) until its caches are cleared. The suite compiles thousands of them in
-# one process; past the kernel's vm.max_map_count (65 530 by default) the next mmap fails
-# and the process dies (seen: SIGSEGV two thirds into the suite).
-_MAPS = "/proc/self/maps"
-_MAPS_LIMIT = 25_000
 _tests_run = [0]
 
 
 @pytest.fixture(autouse=True)
 def _bounded_jax_caches():
+    """Below vm.max_map_count: see conformance.mappings (the suite compiles thousands of
+    JAX programs in one process)."""
     yield
     _tests_run[0] += 1
-    jax = sys.modules.get("jax")
-    if jax is None or _tests_run[0] % 20 or not os.path.exists(_MAPS):
-        return
-    with open(_MAPS) as maps:
-        if sum(1 for _ in maps) > _MAPS_LIMIT:
-            jax.clear_caches()
+    if _tests_run[0] % 20 == 0:
+        relieve()
 
 
 @pytest.fixture(scope="session", autouse=True)
