@@ -30,6 +30,21 @@ def _bounded_jax_caches():
         relieve()
 
 
+@pytest.fixture(scope="module")
+def jax_x64():
+    """float64 stays float64 in JAX, as in the other libraries, for one test module
+    (``pytestmark = pytest.mark.usefixtures("jax_x64")``); nothing without JAX."""
+    if importlib.util.find_spec("jax") is None:
+        yield
+        return
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _strict_2023_12():
     """Pin array-api-strict to the 2023.12 standard the core targets."""

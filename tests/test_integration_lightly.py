@@ -16,9 +16,6 @@ Two references under ``logit_map="temperature"``:
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
+from ranks import two_ranks  # noqa: E402
 from tfree_torch.lightly import TemperatureFreeNTXentLoss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,16 +238,7 @@ def test_gather_distributed_on_two_ranks(tmp_path):
     """Two Gloo ranks of 4 rows: the global batch's NT-Xent and gradient (the host's under
     the temperature map, where lightly imports); with a bank every rank writes both ranks'
     out1 in rank order."""
-    result = tmp_path / "result.pt"
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(ROOT / "tests"), store=str(tmp_path / "store"),
-                                    result=str(result)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(r)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    outs = [p.communicate(timeout=180)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    result = two_ranks(WORKER, tmp_path)
     out = torch.load(result)
     out0, out1 = views(8, seed=7)
     assert_same(out["ours"], value_and_grads(Transcribed(0.2), out0, out1))

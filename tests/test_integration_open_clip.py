@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -28,6 +25,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
+from ranks import two_ranks  # noqa: E402
 from tfree_torch.open_clip import TemperatureFreeClipLoss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,16 +249,7 @@ def test_sharded_on_two_ranks(tmp_path):
     """Two Gloo ranks of 6 rows: the global batch's loss and gradient; under the
     temperature map ClipLoss's values (local_loss True / False) and its gradient with
     gather_with_grad=True."""
-    result = tmp_path / "result.pt"
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(ROOT / "tests"), store=str(tmp_path / "store"),
-                                    result=str(result)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(r)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    outs = [p.communicate(timeout=180)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    result = two_ranks(WORKER, tmp_path)
     out = torch.load(result)
     image, text = features(seed=7)
     scale = torch.tensor(11.0, dtype=torch.float64)

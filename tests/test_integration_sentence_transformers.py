@@ -12,8 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -28,6 +26,7 @@ pytest.importorskip("datasets", reason="SentenceTransformerTrainer needs dataset
 pytest.importorskip("accelerate", reason="SentenceTransformerTrainer needs accelerate")
 
 import transformers  # noqa: E402
+from ranks import two_ranks  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 from sentence_transformers.sentence_transformer import losses, modules  # noqa: E402
 from tfree_torch.sentence_transformers import (  # noqa: E402
@@ -317,16 +316,8 @@ WORKER = textwrap.dedent("""
 def test_gather_across_devices_on_two_ranks(folder, tmp_path):
     """Two Gloo ranks of 4 rows each: the mean of the ranks' values and the DDP-averaged
     gradient are the host's (under the temperature map) and the global batch's."""
-    result = tmp_path / "result.pt"
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(ROOT / "tests"), store=str(tmp_path / "store"),
-                                    folder=str(folder), result=str(result)))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(r)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    result = two_ranks(WORKER, tmp_path, timeout=240, env={"HF_HUB_OFFLINE": "1"},
+                       folder=str(folder))
     out = torch.load(result)
     (v_host, g_host), (v_ours, g_ours) = out["host"], out["ours"]
     print(f"2 ranks, symmetric with a hard negative: host {v_host!r} tfree {v_ours!r}")

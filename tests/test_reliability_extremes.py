@@ -20,18 +20,7 @@ import pytest
 
 from backends import BACKENDS, run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    if "jax" not in BACKENDS:
-        yield
-        return
-    import jax
-
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 
 N, D, M = 6, 4, 3
