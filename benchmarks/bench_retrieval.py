@@ -14,7 +14,9 @@ gradient w.r.t. queries, documents and hard negatives:
   ``cross_entropy`` against ``arange(N)``), differentiated by autograd;
 * ``ST formula, compiled``: the same under ``torch.compile``;
 * ``ST loss``: sentence-transformers' own ``MultipleNegativesRankingLoss
-  .compute_loss_from_embeddings`` (when installed), eager autograd.
+  .compute_loss_from_embeddings`` (when installed), eager autograd;
+* ``3 matrix products``: the floor, not a loss: the forward product ``S = q·Cᵀ`` and the
+  two backward products ``S·C``, ``Sᵀ·q`` on the same shapes, nothing else.
 
 Times: medians of interleaved calls (``benchmarks._harness.interleaved``); peak memory:
 each variant in a fresh process, the growth of the peak resident set during one call
@@ -34,7 +36,11 @@ import sys
 
 from benchmarks._harness import CHILD_ENV, MEMORY_ENV, interleaved, measure_memory, mib
 
-VARIANTS = ("tfree", "tfree tiled", "ST formula, eager", "ST formula, compiled", "ST loss")
+VARIANTS = ("tfree", "tfree tiled", "ST formula, eager", "ST formula, compiled", "ST loss",
+            "3 matrix products")
+FLOOR = "3 matrix products"
+"""Not a loss: ``S = q·Cᵀ``, ``S·C`` and ``Sᵀ·q`` alone, the products that every variant
+computes; no loss + gradient can take less (the time that bounds every speed-up)."""
 TAU = 0.05
 
 
@@ -72,7 +78,17 @@ def _steps(n: int, hn: int, d: int, names: tuple[str, ...]) -> dict[str, object]
             fn(*leaves).backward()
         return step
 
+    with torch.no_grad():
+        flat = torch.cat([leaves[1], leaves[2].reshape(n * hn, d)]).detach()
+        query = leaves[0].detach()
+
+    def floor() -> None:
+        s = query @ flat.T
+        s @ flat
+        s.T @ query
+
     steps: dict[str, object] = {"tfree": tfree(), "tfree tiled": tfree(128),
+                                FLOOR: floor,
                                 "ST formula, eager": formula(st_formula),
                                 "ST formula, compiled": formula(compiled)}
     try:
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     times = {row["variant"]: row["seconds"] for row in _run_child(args, "time", list(VARIANTS))}
     memory = {}
     if not args.no_memory:
-        for name in times:
+        for name in (name for name in times if name != FLOOR):
             (row,) = _run_child(args, "memory", [name])
             memory[name] = row["peak_bytes"]
     base = times["ST formula, eager"]

@@ -327,6 +327,18 @@ def test_auto_resolves_from_shapes_and_device(n, kind, expected):
     assert _resolved("pairs", (q, q, None, None), kind, "mean", symmetric=True) == expected
 
 
+@pytest.mark.parametrize(("n", "d", "kind", "expected"), [
+    (4096, 256, "cpu", 512),  # 8 MiB blocks already hold more than D rows
+    (4096, 768, "cpu", 683),  # at least D rows: six balanced blocks of 683, not eight of 512
+    (16384, 768, "fused_cpu", 1024),  # other kinds: blocks by bytes alone
+])
+def test_auto_blocks_take_at_least_d_rows_on_a_cpu(n, d, kind, expected):
+    """Each block reads the ``M × D`` candidates and updates their gradient: on a CPU a
+    block has at least ``D`` rows, so that traffic stays below the block's own."""
+    q = np.zeros((n, d), np.float32)
+    assert _resolved("pairs", (q, q, None, None), kind) == expected
+
+
 @pytest.mark.parametrize(("n", "kind", "expected"), [
     (1448, "cpu", None),  # untiled: the same threshold
     (4096, "cpu", 256),  # 4 MiB blocks on a CPU: 256 rows of 4096 float32

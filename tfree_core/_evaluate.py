@@ -606,9 +606,11 @@ def value_and_grad(
             ratio = weight = None
             if not fmap.needs_shift:
                 ratio, weight = fmap.ratio_and_weight(s, keep, xp)
-            loss, st, _ = single_losses(s, s_pos, keep, has, fmap, 1, xp, ratio=ratio)
+            loss, st, ratio = single_losses(s, s_pos, keep, has, fmap, 1, xp, ratio=ratio)
             count = xp.astype(has, dtype)
             scales, positive_grads = single_scales(((1, st, unit(live, has)),), fmap, xp)
+            if fmap.needs_shift:  # R of this very shift is at hand: G = (A/Z)·R/τ, in place
+                weight = ratio
             g = single_weights(s, keep, fmap, scales, xp, weight=weight)
             extra = (positive_grads[0],)
         carry, products = t.products(g, r, a, carry, xp)

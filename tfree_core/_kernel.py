@@ -75,6 +75,8 @@ def single_losses(
     by the other direction of a symmetric loss (it is shift-free for ``arctanh``)."""
     shift = None
     if fmap.needs_shift:  # max over the kept entries (-inf if none) and the positive: finite
+        if keep is not None:  # dropped once, for the maximum and the ratios alike
+            s, keep = fmap.block_max_input(s, keep, xp), None
         shift = fmap.single_shift(fmap.block_max(s, keep, axis, xp), s_positive, xp)
     if ratio is None or fmap.needs_shift:
         ratio = fmap.ratio(s, None if shift is None else along(shift, axis), keep, xp)
@@ -124,7 +126,11 @@ def single_weights(
     weight: Array | None = None,
 ) -> Array:
     """``G_ij = Σ_directions (A/Z)_anchor · R_ij·φ'(S_ij)`` on the kept entries, else 0.
-    ``weight``: ``R·φ'`` already computed (shift-free maps only; updated in place)."""
+    ``weight`` (updated in place): ``R·φ'`` already computed for a shift-free map, or, for
+    one direction of the temperature map, the ratios ``R`` of that direction's shift."""
+    if weight is not None and fmap.needs_shift:
+        (axis, scaled, _), = per_anchor
+        return fmap.weight_from_ratio(weight, along(scaled, axis), xp)
     if not fmap.needs_shift:
         g = fmap.weight(s, None, keep, xp) if weight is None else weight
         if len(per_anchor) == 1:

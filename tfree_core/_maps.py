@@ -188,8 +188,13 @@ class TemperatureMap:
         """The largest kept similarity along ``axis``, ``-inf`` where nothing is kept (the
         neutral element of a running maximum over blocks of the matrix)."""
         if keep is not None:
-            s = xp.where(keep, s, scalar(-float("inf"), s, xp))
+            s = self.block_max_input(s, keep, xp)
         return xp.max(s, axis=axis)
+
+    def block_max_input(self, s: Array, keep: Array, xp: Namespace) -> Array:
+        """``s`` with its dropped entries at ``-inf``: their exponent is ``-inf`` whatever
+        the shift, so this one array serves the maximum and the ratios."""
+        return xp.where(keep, s, scalar(-float("inf"), s, xp))
 
     def rescale(self, m_old: Array, m_new: Array, xp: Namespace) -> Array:
         """``e^((m_old - m_new)/τ)``: sums taken relative to ``m_old``, moved to ``m_new``
@@ -234,10 +239,13 @@ class TemperatureMap:
         self, s: Array, shift: Array, keep: Array | None, scaled: Array, xp: Namespace
     ) -> Array:
         """``scaled·R·φ' = (scaled·R)/τ`` (``scaled``: broadcast per anchor)."""
-        w = self.ratio(s, shift, keep, xp)
-        w *= scaled
-        w /= self.temperature
-        return w
+        return self.weight_from_ratio(self.ratio(s, shift, keep, xp), scaled, xp)
+
+    def weight_from_ratio(self, ratio: Array, scaled: Array, xp: Namespace) -> Array:
+        """``scaled·R/τ`` from the ratios themselves (overwritten in place)."""
+        ratio *= scaled
+        ratio /= self.temperature
+        return ratio
 
     def single_loss(
         self, negatives: Array, s_positive: Array, shift: Array, xp: Namespace

@@ -44,6 +44,11 @@ class Problem:
         return (1, 0) if self.symmetric else (1,)
 
 
+def _static(size: object) -> int:
+    """A size known now, else 0 (a graph's or a symbolic dimension)."""
+    return size if type(size) is int else 0
+
+
 def fuses_gradient(problem: Problem) -> bool:
     """Whether the gradient can be computed in the loss's own pass (``value_and_grad``):
     every anchor's statistics are complete within its own block of rows (one direction, no
@@ -94,6 +99,7 @@ def prepare(
     # every device's candidates
     fused = one_pass and fuses_gradient(problem) and world_size == 1
     rows = _strategy.resolve_chunk_size(chunk_size, n=checked.n, m=m, depth=checked.depth,
-                                        float64=float64, kind=kind, one_pass=fused)
+                                        float64=float64, kind=kind, one_pass=fused,
+                                        features=_static(arrays[0].shape[-1]))
     check_for_dtype(options, float64)
     return dataclasses.replace(problem, chunk_size=rows)
