@@ -7,9 +7,36 @@ the pair and the encoder differ.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["check_encoded_pair", "check_mini_batch_size", "encoded_pairs", "is_encoded_pair"]
+__all__ = ["check_encoded_pair", "check_loss_function", "check_mini_batch_size",
+           "common_length", "encoded_pairs", "is_encoded_pair"]
+
+
+def check_loss_function(loss: object, *, returns: str, example: str) -> Any:
+    """``loss`` if it is callable, else a ``TypeError`` saying what it must be: ``returns``
+    (``"a function returning a scalar"``), e.g. ``example`` (``"tfree_jax.info_nce"``)."""
+    if not callable(loss):
+        raise TypeError(f"loss must be {returns} (e.g. {example} or a functools.partial of "
+                        f"it), got {type(loss).__name__}")
+    return loss
+
+
+def common_length(lengths: Mapping[str, int], where: str, *, noun: str) -> int | None:
+    """The one length along dim 0 of a batch's arrays, given by name (as messages name
+    them; ``noun`` says what they are): a ``ValueError`` where two differ or the batch is
+    empty; ``None`` where no length is known (traced shapes)."""
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{name} {n}" for name, n in lengths.items())
+        raise ValueError(f"{where}: the batch's {noun} have different lengths along dim 0 "
+                         f"({listed}); they must all hold the same rows")
+    if not lengths:
+        return None
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError(f"{where}: the batch is empty (0 rows)")
+    return n
 
 
 def check_mini_batch_size(mini_batch_size: object) -> int:

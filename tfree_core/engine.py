@@ -68,7 +68,9 @@ from . import _validation
 from ._blocks import Tiling
 from ._encoded import (
     check_encoded_pair,
+    check_loss_function,
     check_mini_batch_size,
+    common_length,
     encoded_pairs,
     is_encoded_pair,
 )
@@ -143,11 +145,13 @@ __all__ = [
     "check_encoded_pair",
     "check_finite",
     "check_flag",
+    "check_loss_function",
     "check_mini_batch_size",
     "check_one_library",
     "check_sharded",
     "check_values",
     "clip_bound",
+    "common_length",
     "encoded_pairs",
     "exclusions",
     "forward",

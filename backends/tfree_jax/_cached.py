@@ -55,14 +55,7 @@ def _length(batch: PyTree, where: str) -> int:
                              f"every leaf of a batch is an array split along dim 0 (close "
                              f"over constants in the encoder)")
         lengths[name] = shape[0]
-    if len(set(lengths.values())) > 1:
-        listed = ", ".join(f"{name} {n}" for name, n in lengths.items())
-        raise ValueError(f"{where}: the batch's arrays have different lengths along dim 0 "
-                         f"({listed}); they must all hold the same rows")
-    n = next(iter(lengths.values()))
-    if n == 0:
-        raise ValueError(f"{where}: the batch is empty (0 rows)")
-    return n
+    return engine.common_length(lengths, where, noun="arrays")
 
 
 def _check_output(out: Any, rows: int, where: str) -> jax.Array:
@@ -215,9 +208,8 @@ def cached_value_and_grad(loss: Callable[..., jax.Array], *encoded: Encoded, par
     Returns:
         ``(loss, grads)``: the loss and ``∂L/∂params``.
     """
-    if not callable(loss):
-        raise TypeError(f"loss must be a function returning a scalar (e.g. tfree_jax.info_nce "
-                        f"or a functools.partial of it), got {type(loss).__name__}")
+    engine.check_loss_function(loss, returns="a function returning a scalar",
+                               example="tfree_jax.info_nce")
     size = engine.check_mini_batch_size(mini_batch_size)
     pairs = engine.encoded_pairs("cached_value_and_grad", encoded, keywords, **_WORDS)
     constants = {n: v for n, v in keywords.items() if n not in pairs}

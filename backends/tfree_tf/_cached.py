@@ -68,17 +68,9 @@ def _rows(batch: Any, where: str) -> tf.Tensor | int:
             raise ValueError(f"{where}: leaf {i} of the batch is a scalar; every tensor of a "
                              f"batch is split along dim 0")
         static[i] = leaf.shape[0]
-    known = {i: n for i, n in static.items() if n is not None}
-    if len(set(known.values())) > 1:
-        listed = ", ".join(f"leaf {i} {n}" for i, n in known.items())
-        raise ValueError(f"{where}: the batch's tensors have different lengths along dim 0 "
-                         f"({listed}); they must all hold the same rows")
-    if known:
-        n = next(iter(known.values()))
-        if n == 0:
-            raise ValueError(f"{where}: the batch is empty (0 rows)")
-        return n
-    return tf.shape(leaves[0])[0]
+    known = {f"leaf {i}": n for i, n in static.items() if n is not None}
+    n = engine.common_length(known, where, noun="tensors")
+    return tf.shape(leaves[0])[0] if n is None else n
 
 
 def _check_output(out: Any, rows: int, where: str) -> tf.Tensor:
@@ -263,9 +255,8 @@ def cached_value_and_grad(loss: Callable[..., tf.Tensor], *encoded: Encoded,
         ``(loss, grads)``: the loss and one gradient per variable (dense tensors), in the
         order of ``variables``.
     """
-    if not callable(loss):
-        raise TypeError(f"loss must be a function returning a scalar (e.g. tfree_tf.info_nce "
-                        f"or a functools.partial of it), got {type(loss).__name__}")
+    engine.check_loss_function(loss, returns="a function returning a scalar",
+                               example="tfree_tf.info_nce")
     size = engine.check_mini_batch_size(mini_batch_size)
     pairs = engine.encoded_pairs("cached_value_and_grad", encoded, keywords, **_WORDS)
     constants = {n: v for n, v in keywords.items() if n not in pairs}

@@ -55,11 +55,8 @@ _WORDS = {"pair": "encoder, batch", "encoder": "an nn.Module or a callable"}
 
 
 def _check_loss(loss: object) -> Callable[..., Tensor]:
-    if not callable(loss):
-        raise TypeError(f"loss must be a callable returning a scalar tensor (e.g. "
-                        f"tfree_torch.info_nce or a functools.partial of it), got "
-                        f"{type(loss).__name__}")
-    return loss
+    return engine.check_loss_function(loss, returns="a callable returning a scalar tensor",
+                                      example="tfree_torch.info_nce")
 
 
 def _tensors(batch: Batch, where: str) -> list[tuple[str, Tensor]]:
@@ -84,14 +81,8 @@ def _length(batch: Batch, where: str) -> int:
         scalar = next(name for name, n in lengths.items() if n is None)
         raise ValueError(f"{where}: batch{scalar} is a 0-d tensor; every tensor of a batch "
                          f"is split along dim 0")
-    if len(set(lengths.values())) > 1:
-        listed = ", ".join(f"batch{name} {n}" for name, n in lengths.items())
-        raise ValueError(f"{where}: the batch's tensors have different lengths along dim 0 "
-                         f"({listed}); they must all hold the same rows")
-    n = next(iter(lengths.values()))
-    if n == 0:
-        raise ValueError(f"{where}: the batch is empty (0 rows)")
-    return n
+    return engine.common_length({f"batch{name}": n for name, n in lengths.items()}, where,
+                                noun="tensors")
 
 
 def _slice(batch: Batch, rows: slice) -> Batch:

@@ -7,17 +7,8 @@ from typing import Any
 
 from .. import _validation as check
 from .._blocks import Tiling
-from ._base import (
-    Checked,
-    Layout,
-    Saved,
-    check_rows,
-    everyone,
-    normalized,
-    same_shape,
-    static,
-    vjp,
-)
+from . import _base as base
+from ._base import Checked, Layout, Saved
 
 
 class Negatives(Layout):
@@ -34,7 +25,7 @@ class Negatives(Layout):
 
     def check(self, arrays, xp) -> Checked:
         query, key, negatives, _ = arrays
-        check_rows(("query", "key"), query, key, xp)
+        base.check_rows(("query", "key"), query, key, xp)
         d = query.shape[1]
         check.check_floating("negatives", negatives, xp)
         check.check_rank("negatives", negatives, (2, 3), "(M, D) (shared)|(N, M, D) (per row)")
@@ -45,13 +36,14 @@ class Negatives(Layout):
             check.check_dim("negatives", negatives, 0, query.shape[0], "query's N")
         named = [("query", query), ("key", key), ("negatives", negatives)]
         check.check_same_dtype(named)
-        depth = (static(negatives.shape[-1]) or 0) if per_row else 0
+        depth = (base.static(negatives.shape[-1]) or 0) if per_row else 0
         return Checked(tuple(x.dtype for _, x in named), masked=False,
-                       n=static(query.shape[0]), m=static(negatives.shape[-2]), depth=depth)
+                       n=base.static(query.shape[0]), m=base.static(negatives.shape[-2]),
+                       depth=depth)
 
     def _sizes_agree(self, arrays) -> bool:
         query, key, negatives, _ = arrays
-        return (same_shape(query, key) and negatives.shape[-1] == query.shape[1]
+        return (base.same_shape(query, key) and negatives.shape[-1] == query.shape[1]
                 and negatives.shape[-2] != 0
                 and (len(negatives.shape) == 2 or negatives.shape[0] == query.shape[0]))
 
@@ -63,10 +55,10 @@ class Negatives(Layout):
 
     def setup(self, problem, arrays, xp, comm) -> Saved:
         query, key, negatives, where = arrays
-        uq, rq = normalized(query, xp, where)
-        uk, rk = normalized(key, xp, where)
+        uq, rq = base.normalized(query, xp, where)
+        uk, rk = base.normalized(key, xp, where)
         # per-row negatives belong to their row; shared ones to no row
-        un, rn = normalized(negatives, xp, where if len(negatives.shape) == 3 else None)
+        un, rn = base.normalized(negatives, xp, where if len(negatives.shape) == 3 else None)
         return {"uq": uq, "rq": rq, "uk": uk, "rk": rk, "un": un, "rn": rn, "where": where}
 
     def blocks(self, problem, saved, xp, comm) -> Tiling:
@@ -75,7 +67,7 @@ class Negatives(Layout):
 
     def positives(self, problem, saved, xp) -> tuple[Any, Any]:
         uq, uk, where = saved["uq"], saved["uk"], saved["where"]
-        has = everyone(uq.shape[0], uq, xp) if where is None else where
+        has = base.everyone(uq.shape[0], uq, xp) if where is None else where
         return xp.sum(uq * uk, axis=1), has
 
     def gradients(self, problem, saved, du_a, du_c, g_positive, xp) -> tuple[Any, ...]:
@@ -83,5 +75,5 @@ class Negatives(Layout):
         # the key is no column of the matrix: its only term is the positive's
         duq = du_a + g_positive[:, None] * uk
         duk = g_positive[:, None] * uq
-        return (vjp(saved, "uq", "rq", duq, xp), vjp(saved, "uk", "rk", duk, xp),
-                vjp(saved, "un", "rn", du_c, xp))
+        return (base.vjp(saved, "uq", "rq", duq, xp), base.vjp(saved, "uk", "rk", duk, xp),
+                base.vjp(saved, "un", "rn", du_c, xp))

@@ -9,19 +9,8 @@ from .. import _validation as check
 from .._blocks import Tiling
 from .._namespace import Array, Namespace, device_of
 from .._normalize import normalize_vjp
-from ._base import (
-    Checked,
-    Layout,
-    Saved,
-    check_rows,
-    everyone,
-    gather,
-    gather_mask,
-    normalized,
-    row_offset,
-    same_shape,
-    static,
-)
+from . import _base as base
+from ._base import Checked, Layout, Saved
 
 
 def partner(n2: int, like: Array, xp: Namespace) -> Array:
@@ -45,14 +34,14 @@ class NtXent(Layout):
 
     def check(self, arrays, xp) -> Checked:
         z1, z2, _ = arrays
-        check_rows(("z1", "z2"), z1, z2, xp)
+        base.check_rows(("z1", "z2"), z1, z2, xp)
         check.check_same_dtype([("z1", z1), ("z2", z2)])
-        n = static(z1.shape[0])
+        n = base.static(z1.shape[0])
         n2 = None if n is None else 2 * n
         return Checked((z1.dtype, z2.dtype), masked=False, n=n2, m=n2)
 
     def _sizes_agree(self, arrays) -> bool:
-        return same_shape(arrays[0], arrays[1])
+        return base.same_shape(arrays[0], arrays[1])
 
     def loss_shape(self, problem, arrays) -> tuple[int, ...]:
         return (2 * arrays[0].shape[0],)
@@ -60,13 +49,13 @@ class NtXent(Layout):
     def setup(self, problem, arrays, xp, comm) -> Saved:
         z1, z2, where = arrays
         has = None if where is None else xp.concat([where, where])
-        u, rnorm = normalized(xp.concat([z1, z2], axis=0), xp, has)
-        return {"u": u, "rnorm": rnorm, "candidates": gather(u, comm), "has": has,
-                "col_where": gather_mask(has, comm, xp)}
+        u, rnorm = base.normalized(xp.concat([z1, z2], axis=0), xp, has)
+        return {"u": u, "rnorm": rnorm, "candidates": base.gather(u, comm), "has": has,
+                "col_where": base.gather_mask(has, comm, xp)}
 
     def blocks(self, problem, saved, xp, comm) -> Tiling:
         u = saved["u"]
-        offset = row_offset(comm, u.shape[0])
+        offset = base.row_offset(comm, u.shape[0])
         own = partner(u.shape[0], u, xp)
         if not isinstance(offset, int) or offset:
             own = own + (offset if isinstance(offset, int) else xp.astype(offset, own.dtype))
@@ -77,7 +66,7 @@ class NtXent(Layout):
         u, has = saved["u"], saved["has"]
         n2 = u.shape[0]
         s_positive = xp.sum(u * xp.take(u, partner(n2, u, xp), axis=0), axis=1)
-        return s_positive, everyone(n2, u, xp) if has is None else has
+        return s_positive, base.everyone(n2, u, xp) if has is None else has
 
     def gradients(self, problem, saved, du_a, du_c, g_positive, xp) -> tuple[Any, ...]:
         u = saved["u"]

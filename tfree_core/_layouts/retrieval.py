@@ -16,20 +16,8 @@ from typing import Any
 from .. import _validation as check
 from .._blocks import Tiling
 from .._namespace import Array, Namespace, device_of
-from ._base import (
-    Checked,
-    Layout,
-    Saved,
-    check_rows,
-    everyone,
-    gather,
-    gather_mask,
-    normalized,
-    row_offset,
-    same_shape,
-    static,
-    vjp,
-)
+from . import _base as base
+from ._base import Checked, Layout, Saved
 
 
 def _flat(x: Array | None, xp: Namespace) -> Array | None:
@@ -58,7 +46,7 @@ class Retrieval(Layout):
 
     def check(self, arrays, xp) -> Checked:
         query, key, hard, mask, key_ids, hard_ids, _ = arrays
-        check_rows(("query", "key"), query, key, xp)
+        base.check_rows(("query", "key"), query, key, xp)
         named = [("query", query), ("key", key)]
         n, d = query.shape
         extra = 0
@@ -69,7 +57,7 @@ class Retrieval(Layout):
             check.check_dim("hard_negatives", hard, 0, n, "query's N")
             check.check_dim("hard_negatives", hard, 2, d, "query's D")
             named.append(("hard_negatives", hard))
-            extra = static(hard.shape[1])
+            extra = base.static(hard.shape[1])
         check.check_same_dtype(named)
         slots = None if hard is None else tuple(hard.shape[:2])
         for name, value, kind in (("hard_negative_mask", mask, "mask"),
@@ -90,7 +78,7 @@ class Retrieval(Layout):
                               else ("hard_negative_ids", "key_ids"))
             raise ValueError(f"{given} needs {missing} too: a hard negative's identity is "
                              f"compared with the positive's; got {missing}=None")
-        rows = static(n)
+        rows = base.static(n)
         m = None if rows is None or extra is None else rows * (1 + extra)
         # one dtype per differentiable input, None for absent hard negatives
         dtypes = (query.dtype, key.dtype, None if hard is None else hard.dtype)
@@ -99,7 +87,7 @@ class Retrieval(Layout):
     def _sizes_agree(self, arrays) -> bool:
         query, key, hard, mask, key_ids, hard_ids, _ = arrays
         n = query.shape[0]
-        ok = same_shape(query, key) and (key_ids is None or key_ids.shape[0] == n)
+        ok = base.same_shape(query, key) and (key_ids is None or key_ids.shape[0] == n)
         if hard is not None:
             ok = (ok and hard.shape[0] == n and hard.shape[2] == query.shape[1]
                   and hard.shape[1] != 0)
@@ -115,23 +103,23 @@ class Retrieval(Layout):
 
     def setup(self, problem, arrays, xp, comm) -> Saved:
         query, key, hard, mask, key_ids, hard_ids, where = arrays
-        uq, rq = normalized(query, xp, where)
-        uk, rk = normalized(key, xp, where)
+        uq, rq = base.normalized(query, xp, where)
+        uk, rk = base.normalized(key, xp, where)
         uh = rh = None
         candidates, col_where, col_ids = uk, where, key_ids
         if hard is not None:
             slots = self._slots(hard, mask, where, xp)
-            uh, rh = normalized(_flat(hard, xp), xp, slots)
+            uh, rh = base.normalized(_flat(hard, xp), xp, slots)
             candidates = xp.concat([uk, uh], axis=0)
             if slots is not None:
-                keys = where if where is not None else everyone(uk.shape[0], uk, xp)
+                keys = where if where is not None else base.everyone(uk.shape[0], uk, xp)
                 col_where = xp.concat([keys, slots])
             if key_ids is not None:
                 col_ids = xp.concat([key_ids, _flat(hard_ids, xp)])
         return {"uq": uq, "rq": rq, "uk": uk, "rk": rk, "uh": uh, "rh": rh,
-                "candidates": gather(candidates, comm), "where": where,
-                "col_where": gather_mask(col_where, comm, xp), "key_ids": key_ids,
-                "col_ids": gather(col_ids, comm)}
+                "candidates": base.gather(candidates, comm), "where": where,
+                "col_where": base.gather_mask(col_where, comm, xp), "key_ids": key_ids,
+                "col_ids": base.gather(col_ids, comm)}
 
     @staticmethod
     def _slots(hard: Array, mask: Array | None, where: Array | None,
@@ -149,11 +137,11 @@ class Retrieval(Layout):
         return Tiling(uq, saved["candidates"], where_rows=saved["where"],
                       where_cols=saved["col_where"], diagonal=True,
                       row_ids=saved["key_ids"], col_ids=saved["col_ids"],
-                      row_offset=row_offset(comm, local))
+                      row_offset=base.row_offset(comm, local))
 
     def positives(self, problem, saved, xp) -> tuple[Any, Any]:
         uq, uk, where = saved["uq"], saved["uk"], saved["where"]
-        has = everyone(uq.shape[0], uq, xp) if where is None else where
+        has = base.everyone(uq.shape[0], uq, xp) if where is None else where
         return xp.sum(uq * uk, axis=1), has
 
     def column_positives(self, problem, saved, single, xp, comm) -> tuple[Any, Any]:
@@ -162,11 +150,11 @@ class Retrieval(Layout):
                 self._columns(has, saved, comm, xp))
 
     def to_columns(self, local: Array, t: Tiling, comm, xp: Namespace) -> Array:
-        return gather(self._pad(local, t.m // comm.world_size - t.n, xp), comm)
+        return base.gather(self._pad(local, t.m // comm.world_size - t.n, xp), comm)
 
     def _columns(self, local: Array, saved: Saved, comm, xp: Namespace) -> Array:
         block = saved["candidates"].shape[0] // comm.world_size
-        return gather(self._pad(local, block - local.shape[0], xp), comm)
+        return base.gather(self._pad(local, block - local.shape[0], xp), comm)
 
     @staticmethod
     def _pad(local: Array, count: int, xp: Namespace) -> Array:
@@ -182,8 +170,8 @@ class Retrieval(Layout):
         n = uq.shape[0]
         duq = du_a + g_positive[:, None] * uk
         duk = du_c[:n, :] + g_positive[:, None] * uq
-        grads = [vjp(saved, "uq", "rq", duq, xp), vjp(saved, "uk", "rk", duk, xp)]
+        grads = [base.vjp(saved, "uq", "rq", duq, xp), base.vjp(saved, "uk", "rk", duk, xp)]
         if uh is None:
             return (*grads, None)
-        dh = vjp(saved, "uh", "rh", du_c[n:, :], xp)
+        dh = base.vjp(saved, "uh", "rh", du_c[n:, :], xp)
         return (*grads, xp.reshape(dh, (n, uh.shape[0] // n, uh.shape[1])))

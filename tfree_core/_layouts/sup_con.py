@@ -8,18 +8,8 @@ from typing import Any
 from .. import _validation as check
 from .._blocks import Tiling
 from .._normalize import normalize_vjp
-from ._base import (
-    SEVERAL_POSITIVES,
-    Checked,
-    Layout,
-    Saved,
-    gather,
-    gather_mask,
-    labels_fit,
-    normalized,
-    row_offset,
-    static,
-)
+from . import _base as base
+from ._base import Checked, Layout, Saved
 
 
 class SupCon(Layout):
@@ -42,16 +32,16 @@ class SupCon(Layout):
             ("sample", "feature") if rank == 2 else ("sample", "view", "feature")))
         check.check_labels("labels", labels, features.shape[0], xp)
         views = int(features.shape[1]) if rank == 3 else 0
-        n = static(features.shape[0])
+        n = base.static(features.shape[0])
         if views:
             n = None if n is None else n * views
         return Checked((features.dtype,), masked=True, n=n, m=n, views=views)
 
     def _sizes_agree(self, arrays) -> bool:
-        return labels_fit(arrays[1], arrays[0])
+        return base.labels_fit(arrays[1], arrays[0])
 
     def fused_unsupported(self, problem, arrays) -> str | None:
-        return f"sup_con {SEVERAL_POSITIVES}"
+        return f"sup_con {base.SEVERAL_POSITIVES}"
 
     def loss_shape(self, problem, arrays) -> tuple[int, ...]:
         n = arrays[0].shape[0]
@@ -75,17 +65,17 @@ class SupCon(Layout):
             flat = xp.reshape(xp.permute_dims(features, (1, 0, 2)), (v * n, d))
             labels = xp.concat([labels] * v)
             where = None if where is None else xp.concat([where] * v)
-        u, rnorm = normalized(flat, xp, where)
-        return {"u": u, "rnorm": rnorm, "candidates": gather(u, comm), "labels": labels,
-                "col_labels": gather(labels, comm), "where": where,
-                "col_where": gather_mask(where, comm, xp)}
+        u, rnorm = base.normalized(flat, xp, where)
+        return {"u": u, "rnorm": rnorm, "candidates": base.gather(u, comm), "labels": labels,
+                "col_labels": base.gather(labels, comm), "where": where,
+                "col_where": base.gather_mask(where, comm, xp)}
 
     def blocks(self, problem, saved, xp, comm) -> Tiling:
         u = saved["u"]
         return Tiling(u, saved["candidates"], where_rows=saved["where"],
                       where_cols=saved["col_where"], row_labels=saved["labels"],
                       col_labels=saved["col_labels"], diagonal=True,
-                      row_offset=row_offset(comm, u.shape[0]))
+                      row_offset=base.row_offset(comm, u.shape[0]))
 
     def gradients(self, problem, saved, du_a, du_c, g_positive, xp) -> tuple[Any, ...]:
         dz = normalize_vjp(saved["u"], saved["rnorm"], du_a + du_c, xp)
