@@ -127,7 +127,8 @@ class Runtime:
     def namespace(self, arrays: tuple[Array | None, ...], extras: Mapping[str, Any]) -> Namespace:
         return self.xp
 
-    def device_kind(self, arrays: tuple[Array | None, ...]) -> str | None:
+    def device_kind(self, arrays: tuple[Array | None, ...],
+                    extras: Mapping[str, Any]) -> str | None:
         """``"cpu"``, ``"fused_cpu"`` or ``"accelerator"`` for ``chunk_size="auto"``
         (``None``: read from the arrays' device)."""
         return None
@@ -142,7 +143,7 @@ class Runtime:
         options = make_options(logit_map=args["logit_map"], temperature=args["temperature"],
                                eps=args["eps"], reduction=args["reduction"])
         return prepare(request.layout, arrays, options=options, symmetric=request.symmetric,
-                       chunk_size=args["chunk_size"], device_kind=self.device_kind(arrays),
+                       chunk_size=args["chunk_size"], device_kind=self.device_kind(arrays, extras),
                        world_size=self.world_size(extras), one_pass=self.one_pass, xp=xp)
 
     def check_call(self, problem: Problem, arrays: tuple[Array | None, ...],

@@ -306,7 +306,7 @@ class JaxRuntime(engine.Runtime):
             _check_integer_range(name, a)
         return tuple(None if a is None else jnp.asarray(a) for _, a in named)
 
-    def device_kind(self, arrays) -> str:
+    def device_kind(self, arrays, extras) -> str:
         # XLA fuses the element-wise work on a CPU too, which moves where tiling pays off
         return "fused_cpu" if _platform(arrays) == "cpu" else "accelerator"
 

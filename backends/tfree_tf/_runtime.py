@@ -18,8 +18,9 @@ and whose gradient is ``engine.backward``. Three TensorFlow rules shape the code
 * without XLA, TF runs each element-wise operation of the core on the ``N×M`` similarity
   matrix as its own kernel, one pass over memory each. When traced, the core's forward and
   backward therefore run as two ``tf.function(jit_compile=True)`` functions (one pair per
-  problem and shapes), which XLA fuses; :func:`set_jit_core` turns this off. Eager calls
-  run op by op.
+  problem and shapes), which XLA fuses; so do eager calls of at least
+  :data:`EAGER_JIT_ROWS` rows (smaller ones run op by op); :func:`set_jit_core` turns
+  this off.
 
 ``tf.custom_gradient`` cannot tell whether a tape will ask for the gradient, so the forward
 never computes it (``engine.value_and_grad``): ``"auto"`` budgets for two passes.
@@ -80,20 +81,38 @@ def _backward_ops(problem: engine.Problem, residuals: engine.Residuals, cotangen
 
 _JIT_CORE = [True]
 
+EAGER_JIT_ROWS = 1024
+"""An eager call with at least this many rows (anchors, or rows of a given similarity
+matrix) runs the core compiled too: op by op, each element-wise step on the ``N × M``
+matrix is a TensorFlow kernel and a fresh tensor; compiled, loss + gradient of the pairs
+layout at ``N = 4096``, ``D = 128`` took 116 ms against 269 ms (2-core CPU, float32). A
+smaller eager call is not worth a compilation (a few hundred milliseconds, once per
+problem and shape)."""
+
+
+def _compiles(arrays: tuple[Tensor | None, ...], group: Any) -> bool:
+    """Whether the core's forward and backward of this call run as the XLA-compiled pair
+    of :func:`_compiled`: with :func:`set_jit_core` on, one device, and traced or eager
+    with at least :data:`EAGER_JIT_ROWS` rows."""
+    if not _JIT_CORE[0] or group is not None:
+        return False
+    return not tf.executing_eagerly() or arrays[0].shape[0] >= EAGER_JIT_ROWS
+
 
 def set_jit_core(enabled: bool) -> bool:
     """Whether the core's forward and backward run as XLA-compiled functions when a
-    ``tfree_tf`` loss is traced (``tf.function``, Keras' ``fit``); returns the previous
-    setting. On by default.
+    ``tfree_tf`` loss is traced (``tf.function``, Keras' ``fit``) or called eagerly on a
+    batch of at least 1024 rows; returns the previous setting. On by default.
 
     Without XLA, TensorFlow runs the core's element-wise work on the ``N×M`` similarity
     matrix as one kernel (one pass over memory) per operation; XLA fuses them: loss and
     gradient of the pairs layout ran 1.4-1.7× faster at N = 4096, D = 128 and 1.3× at
     D = 512 (float32, 2-core CPU; ``python -m benchmarks.bench_tf``). The cost is one XLA
     compilation per problem and shape (seconds for large ``N``). Inside
-    ``tf.function(jit_compile=True)`` the whole function is compiled anyway, eager calls
-    always run op by op, and a sharded call (``group=``) is never compiled separately.
-    The setting is read when a function is traced.
+    ``tf.function(jit_compile=True)`` the whole function is compiled anyway; an eager
+    call is compiled too from 1024 rows (smaller ones run op by op), and a sharded call
+    (``group=``) is never compiled separately. The setting is read when a function is
+    traced, and at every eager call.
 
     Args:
         enabled: ``True``: compile the core's work when traced (the default); ``False``:
@@ -158,7 +177,7 @@ def _differentiable(
         given = dict(zip(present, differentiable, strict=True))
         arrays = (*(tf.stop_gradient(given[i]) if i in given else None for i in range(count)),
                   *rest)
-        compiled = _JIT_CORE[0] and not tf.executing_eagerly() and comm is None
+        compiled = _compiles(arrays, comm)
         shapes = _shapes(arrays)
         if compiled:
             loss, residuals = _compiled(problem, shapes)[0](arrays)
@@ -294,11 +313,14 @@ class TFRuntime(engine.Runtime):
     def convert(self, named):
         return tuple(_to_tensor(name, value) for name, value in named)
 
-    def device_kind(self, arrays) -> str | None:
+    def device_kind(self, arrays, extras) -> str | None:
         # graph tensors report no device: assume the one TensorFlow places ops on
-        if arrays[0].device:
-            return None
-        return "accelerator" if tf.config.list_logical_devices("GPU") else "cpu"
+        device = arrays[0].device or (
+            "GPU" if tf.config.list_logical_devices("GPU") else "CPU")
+        if "cpu" not in device.lower():
+            return "accelerator"
+        # XLA fuses the element-wise work, which moves where tiling pays off (as in JAX)
+        return "fused_cpu" if _compiles(arrays, extras.get("group")) else "cpu"
 
     def world_size(self, extras) -> int:
         group = extras.get("group")
