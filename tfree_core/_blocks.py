@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._namespace import Array, Namespace, device_of
+from ._namespace import Array, Namespace, add_matmul, device_of
 
 Rows = Array | None
 """A block's global row indices, or ``None`` for "every row" (the untiled block, which
@@ -115,6 +115,20 @@ class Tiling:
             return rows + offset if offset else rows
         return rows + xp.astype(offset, rows.dtype)
 
+    def drops_only_self_pairs(self) -> bool:
+        """Whether the self-pairs are the only entries a block drops (no partner, no masked
+        row or column, no identities; rows against shared candidates)."""
+        return (self.diagonal and not self.per_row and self.partner is None
+                and self.where_rows is None and self.where_cols is None
+                and self.row_ids is None)
+
+    def self_pairs(self, r: Rows, xp: Namespace) -> Array:
+        """The flat (row-major) indices of the self-pairs ``(i, row_offset + r_i)`` in the
+        block of rows ``r``: ``i·M + row_offset + r_i``."""
+        rows = self._global_rows(r, xp)
+        local = xp.arange(rows.shape[0], dtype=rows.dtype, device=device_of(self.anchors))
+        return local * self.m + rows
+
     def keep(self, r: Rows, live: Array | None, dead_rows: bool, xp: Namespace) -> Array | None:
         """The candidates of rows ``r`` (``None``: all of them): no self-pair, no partner,
         no masked row or column, no duplicate of the positive, no dead row (``dead_rows``:
@@ -162,8 +176,7 @@ class Tiling:
         if self.per_row:
             c = take(self.candidates, r, xp)
             return carry, ((g[:, None, :] @ c)[:, 0, :], g[:, :, None] * a[:, None, :])
-        du_c = carry[0]
-        du_c += xp.matrix_transpose(g) @ a
+        du_c = add_matmul(carry[0], xp.matrix_transpose(g), a, xp)
         return (du_c,), (g @ self.candidates,)
 
 

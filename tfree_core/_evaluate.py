@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._blocks import Blocks, Rows, block_rows, take
+from ._blocks import Blocks, Rows, Tiling, block_rows, take
 from ._kernel import (
     MaskedStats,
     SingleStats,
@@ -63,7 +63,7 @@ from ._kernel import (
     single_weights,
 )
 from ._maps import LogitMap, make_map
-from ._namespace import Array, Namespace, cast_like, device_of, scalar
+from ._namespace import Array, Namespace, cast_like, device_of, scalar, writes_in_place
 from ._problem import Problem, fuses_gradient
 from ._reduce import anchor_weights
 
@@ -211,14 +211,19 @@ def _block_masks(problem: Problem, t: Blocks, r: Rows, live: Array | None, dead_
 
 def _walk(
     problem: Problem, t: Blocks, step: Callable[..., tuple[Carry, tuple[Array, ...]]],
-    carry: Carry, loop: Loop | None, xp: Namespace,
+    carry: Carry, loop: Loop | None, xp: Namespace, *, masks: bool = True,
 ) -> tuple[Carry, list[Array], tuple[Array, Any] | None]:
     """Run ``step(s, a, block_masks, r, live, carry)`` over the blocks of ``t``: once over
     every row when untiled (then also returns that block's ``(S, masks)``), else over
-    blocks of ``chunk_size`` rows with ``loop``. Returns the carry and each output per row."""
+    blocks of ``chunk_size`` rows with ``loop``. Returns the carry and each output per row.
+    ``masks=False``: no masks are built (``block_masks`` is ``None``)."""
+
+    def block_masks_of(r: Rows, live: Any, dead_rows: bool) -> Any:
+        return _block_masks(problem, t, r, live, dead_rows, xp) if masks else None
+
     if problem.chunk_size is None:
         s, a = t.similarity(None, xp)
-        block_masks = _block_masks(problem, t, None, None, False, xp)
+        block_masks = block_masks_of(None, None, False)
         carry, outputs = step(s, a, block_masks, None, None, carry)
         return carry, list(outputs), (s, block_masks)
     rows = min(problem.chunk_size, t.n)
@@ -227,7 +232,7 @@ def _walk(
     def body(index: Any, carry: Carry) -> tuple[Carry, tuple[Array, ...]]:
         r, live = block_rows(index, rows, t.n, t.like, xp)
         s, a = t.similarity(r, xp)
-        return step(s, a, _block_masks(problem, t, r, live, dead_rows, xp), r, live, carry)
+        return step(s, a, block_masks_of(r, live, dead_rows), r, live, carry)
 
     carry, stacked = (loop or python_loop(xp))(body, -(-t.n // rows), carry)
     return carry, [_unblock(x, t.n, xp) for x in stacked], None
@@ -593,6 +598,13 @@ def value_and_grad(
     def unit(live: Any, has: Array) -> Array:
         return xp.where(has if live is None else xp.logical_and(live, has), one, zero)
 
+    # The self-pairs as the only dropped entries (pairs, retrieval without identities):
+    # written at their indices into the block's fresh arrays, exactly the values the mask
+    # gives (a ratio and a weight of 0; -inf before the temperature map's maximum),
+    # instead of a block-sized mask and a selection through it.
+    direct = (not problem.masked and isinstance(t, Tiling) and t.drops_only_self_pairs()
+              and writes_in_place(t.like, xp))
+
     def step(s: Array, a: Array, block_masks: Any, r: Rows, live: Any, carry: Carry):
         if problem.masked:
             loss, st = masked_losses(s, *block_masks, fmap, 1, xp)
@@ -604,8 +616,14 @@ def value_and_grad(
             keep = block_masks
             s_pos, has = (take(v, r, xp) for v in single)
             ratio = weight = None
+            self_pairs = t.self_pairs(r, xp) if direct else None
+            if fmap.needs_shift and self_pairs is not None:
+                _write_at(s, self_pairs, -float("inf"), xp)
             if not fmap.needs_shift:
                 ratio, weight = fmap.ratio_and_weight(s, keep, xp)
+                if self_pairs is not None:
+                    _write_at(ratio, self_pairs, 0.0, xp)
+                    _write_at(weight, self_pairs, 0.0, xp)
             loss, st, ratio = single_losses(s, s_pos, keep, has, fmap, 1, xp, ratio=ratio)
             count = xp.astype(has, dtype)
             scales, positive_grads = single_scales(((1, st, unit(live, has)),), fmap, xp)
@@ -616,7 +634,8 @@ def value_and_grad(
         carry, products = t.products(g, r, a, carry, xp)
         return carry, (loss, count, *products, *extra)
 
-    carry, per_row, _ = _walk(problem, t, step, t.product_carry(xp), loop, xp)
+    carry, per_row, _ = _walk(problem, t, step, t.product_carry(xp), loop, xp,
+                              masks=not direct)
     losses, count, du_a = per_row[:3]
     du_c = per_row[3] if t.per_row else carry[0]
     g_positive = None if problem.masked else per_row[-1]
@@ -628,6 +647,13 @@ def value_and_grad(
         factor = 1 / xp.maximum(anchors, scalar(1.0, anchors, xp))
         grads = tuple(None if gr is None else gr * factor for gr in grads)
     return loss, grads
+
+
+def _write_at(x: Array, flat_index: Array, value: float, xp: Namespace) -> None:
+    """``x.flat[flat_index] = value``, in place (``x`` a fresh C-contiguous array of a
+    namespace that :func:`writes_in_place`)."""
+    flat = xp.reshape(x, (-1,))
+    flat[flat_index] = value
 
 
 def scale_gradients(

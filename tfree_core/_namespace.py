@@ -63,6 +63,28 @@ def fuses_elementwise(xp: Namespace) -> bool:
     return bool(own()) if callable(own) else False
 
 
+def add_matmul(acc: Array, a: Array, b: Array, xp: Namespace) -> Array:
+    """``acc + a @ b``, in place where the namespace offers it (its own
+    ``add_matmul(acc, a, b)``, as PyTorch's does with ``addmm_``): a tiled loop adds every
+    block's ``Gᵀ·U_a`` into one ``M × D`` gradient, and a separate product would write a
+    fresh ``M × D`` array per block and pass over it again to add it."""
+    own = getattr(xp, "add_matmul", None)
+    if callable(own):
+        return own(acc, a, b)
+    acc += a @ b
+    return acc
+
+
+def writes_in_place(x: Array, xp: Namespace) -> bool:
+    """Whether ``x`` takes writes at integer indices, in place, through a flat view: NumPy
+    arrays, and a namespace whose own ``writes_in_place(x)`` says so (PyTorch's, for a
+    tensor that no ``torch.func`` transform wraps)."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return True
+    own = getattr(xp, "writes_in_place", None)
+    return bool(own(x)) if callable(own) else False
+
+
 def scalar(value: float, like: Array, xp: Namespace) -> Array:
     """A 0-d array holding ``value`` with the dtype and device of ``like``.
 

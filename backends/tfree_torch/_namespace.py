@@ -1,4 +1,4 @@
-"""The array namespace handed to the core: ``array_api_compat.torch`` with two overrides.
+"""The array namespace handed to the core: ``array_api_compat.torch`` with four additions.
 
 * ``asarray`` of a Python scalar builds the 0-d tensor with ``torch.full`` on the target
   device. ``torch.asarray(0.0, device="cuda")`` builds it on the host and copies it with a
@@ -8,6 +8,13 @@
   integer one) is ``torch.clamp`` directly: the compat version's scalar checks cost Python
   time on every call, and its ``math.isnan`` of a symbolic bound (``torch.compile`` with
   dynamic shapes) is a graph break.
+
+* ``add_matmul(acc, a, b)`` (the core's accumulation of a tiled loop's ``Gᵀ·U_a``) is
+  ``acc.addmm_(a, b)``: one pass, no ``M × D`` temporary per block. A tensor wrapped by
+  ``torch.func`` (``vmap``, ``grad``), or traced by ``torch.compile``, takes the
+  out-of-place sum instead;
+* ``writes_in_place(x)``: whether the core may write a block's self-pairs at their
+  indices rather than select with a mask (not for a wrapped or traced tensor).
 
 Everything else is the compat namespace itself. The object is a real module, so
 ``torch.compile`` resolves its attributes as constants.
@@ -53,6 +60,22 @@ def _clip(x: torch.Tensor, /, min: Any = None, max: Any = None, **kwargs: Any) -
     return _compat.clip(x, min, max, **kwargs)
 
 
+def _wrapped(*tensors: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform wraps one of ``tensors``, or ``torch.compile``
+    traces them (Dynamo cannot trace the check; the compiler fuses the plain form)."""
+    if torch.compiler.is_compiling():
+        return True
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return acc + a @ b if _wrapped(acc, a, b) else acc.addmm_(a, b)
+
+
+def _writes_in_place(x: torch.Tensor) -> bool:
+    return not _wrapped(x)
+
+
 def _build() -> types.ModuleType:
     module = types.ModuleType(
         "tfree_torch.xp", "array_api_compat.torch with sync-free scalars (see tfree_torch)."
@@ -62,6 +85,8 @@ def _build() -> types.ModuleType:
             setattr(module, name, getattr(_compat, name))
     module.asarray = _asarray  # type: ignore[attr-defined]
     module.clip = _clip  # type: ignore[attr-defined]
+    module.add_matmul = _add_matmul  # type: ignore[attr-defined]
+    module.writes_in_place = _writes_in_place  # type: ignore[attr-defined]
     return module
 
 
