@@ -14,6 +14,8 @@ For each framework (numpy, torch, jax, tensorflow; each in its own process) and 
   backward);
 * ``autodiff eager`` / ``autodiff compiled``: the framework's autodiff of the plain formula
   (cross-entropy of ``2·atanh(clip(cos))``), eager and compiled;
+* ``tfree graph`` / ``autodiff graph`` (TensorFlow): both in a plain ``tf.function``
+  (graph mode, no ``jit_compile``);
 * ``3 GEMMs``: ``S = Q·Kᵀ``, ``G·K``, ``Gᵀ·Q`` of the same shapes, a floor for any
   materialised implementation;
 * the peer library where it applies: pytorch-metric-learning ``NTXentLoss`` (the exact pairs
@@ -450,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="variants of the memory scenario (comma-separated)")
     parser.add_argument("--memory-limit-gib", type=float, default=8.0,
                         help="never run an untiled variant whose fitted need exceeds this")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="run each framework on this many cores, its pools that size")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 

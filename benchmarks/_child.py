@@ -34,6 +34,14 @@ def _chunk(value: str) -> int | str:
 
 
 def _setup(backend: str, threads: int | None):
+    if threads and hasattr(os, "sched_setaffinity"):
+        # the process on that many cores, whatever pools the framework sizes for itself
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+    if threads and backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     if backend == "torch":
         import torch
 

@@ -94,7 +94,8 @@ def variants(n: int, d: int, *, chunk: int | str = 256, peer_max_gib: float = 0.
     """The candidates of ``python -m benchmarks`` for TensorFlow (float32, CPU): tfree eager
     (``GradientTape``, the core's forward and backward XLA-compiled inside) / in
     ``tf.function(jit_compile=True)`` / tiled (eager: a Python loop over the blocks), autodiff
-    of the plain formula eager / in ``tf.function(jit_compile=True)``, three GEMMs in a
+    of the plain formula eager / in ``tf.function(jit_compile=True)``, both in a plain
+    ``tf.function`` (graph mode: ``tfree graph``, ``autodiff graph``), three GEMMs in a
     ``tf.function``. No peer library: TensorFlow has no NT-Xent loss of its own."""
     from benchmarks._harness import Variant
 
@@ -128,6 +129,8 @@ def variants(n: int, d: int, *, chunk: int | str = 256, peer_max_gib: float = 0.
         Variant(f"tfree tiled ({chunk})", lambda: eager(tiled)),
         Variant("autodiff eager", lambda: eager(plain_loss)),
         Variant("autodiff compiled", lambda: bind(_value_and_grad(plain_loss, True))),
+        Variant("tfree graph", lambda: bind(_value_and_grad(tfree_loss, False))),
+        Variant("autodiff graph", lambda: bind(_value_and_grad(plain_loss, False))),
         Variant("3 GEMMs", lambda: bind(_gemm_floor(n))),
     ]
 

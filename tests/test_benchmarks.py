@@ -26,7 +26,8 @@ EXPECTED = {
     "jax": ["tfree", "tfree compiled", "tfree untiled", "tfree tiled (256)", "autodiff eager",
             "autodiff compiled", "3 GEMMs", "tfree nt_xent compiled", "optax ntxent compiled"],
     "tensorflow": ["tfree", "tfree compiled", "tfree untiled", "tfree tiled (256)",
-                   "autodiff eager", "autodiff compiled", "3 GEMMs"],
+                   "autodiff eager", "autodiff compiled", "tfree graph", "autodiff graph",
+                   "3 GEMMs"],
 }
 
 
@@ -124,3 +125,20 @@ def test_interleaved_times_every_step():
     assert all(t >= 0 for t in times.values())
     # one warm-up each, then three repeats in rotated order
     assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_parity_table_has_a_verdict(tmp_path):
+    """``python -m benchmarks.parity`` at a tiny size: every row of its table is measured
+    and the verdict line matches the exit status (no goal is asserted: tiny sizes say
+    nothing about speed)."""
+    out = tmp_path / "parity.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.parity", "--n", "64", "--d", "8", "--repeats", "1",
+         "--threads", "1", "--backend", "torch", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| PyTorch")]
+    assert len(rows) == 3, text
+    assert all("| 1 | 64 | 8 |" in row for row in rows)
+    verdict = text.strip().splitlines()[-1]
+    assert verdict.startswith("PASS" if proc.returncode == 0 else "FAIL"), (verdict, proc.stderr)
