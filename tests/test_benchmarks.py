@@ -142,3 +142,25 @@ def test_parity_table_has_a_verdict(tmp_path):
     assert all("| 1 | 64 | 8 |" in row for row in rows)
     verdict = text.strip().splitlines()[-1]
     assert verdict.startswith("PASS" if proc.returncode == 0 else "FAIL"), (verdict, proc.stderr)
+
+
+def test_suite_plot_draws_one_panel_per_framework_and_size(tmp_path):
+    """Every (framework, N, D) that was run gets a panel, two a row: four panels are a
+    2 × 2 figure, one panel a single one (no empty panel for what was not run)."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from benchmarks.__main__ import suite_plot
+
+    def row(backend, n, d, variant, seconds):
+        return {"status": "ok", "layout": "pairs", "backend": backend, "n": n, "d": d,
+                "variant": variant, "seconds": seconds}
+
+    rows = [row(b, n, 8, v, t) for b in ("torch", "jax") for n in (64, 128)
+            for v, t in (("tfree", 1.0), ("tfree compiled", 0.5), ("autodiff eager", 2.0))]
+    four, one = tmp_path / "four.png", tmp_path / "one.png"
+    suite_plot(rows, four)
+    suite_plot(rows[:3], one)
+    with Image.open(four) as a, Image.open(one) as b:
+        assert a.size[0] == 2 * b.size[0]
+        assert round(a.size[1] / b.size[1], 1) == round((0.4 + 2 * 3.6) / (0.4 + 3.6), 1)
