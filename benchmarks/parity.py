@@ -18,10 +18,10 @@ faster; the goal is the last column):
 * TensorFlow ``jit_compile``: ``tfree compiled`` / ``autodiff compiled``: ≥ 1;
 * TensorFlow graph (``tf.function``): ``tfree graph`` / ``autodiff graph``: ≥ 1.3;
 * JAX ``jit``: ``tfree compiled`` / ``autodiff compiled``: ≥ 1;
-* ``"auto"`` against ``chunk_size=None``, every framework: ≥ 0.95.
+* ``"auto"`` against ``chunk_size=None``, every framework (NumPy too): ≥ 0.95.
 
 Run: ``python -m benchmarks.parity [--n 4096] [--d 128,512] [--repeats 5] [--threads 0,1]
-[--backend torch,tensorflow,jax] [--out FILE]`` (``--threads 0``: the default). Exits 1
+[--backend torch,tensorflow,jax,numpy] [--out FILE]`` (``--threads 0``: the default). Exits 1
 when a ratio misses its goal, so the verdict is the exit status as well as the table.
 """
 
@@ -60,8 +60,9 @@ ROWS = (
     Row("jax", "JAX jit vs jit(value_and_grad(formula))", "tfree compiled",
         "autodiff compiled", 1.0),
     Row("jax", 'JAX "auto" vs chunk_size=None, jit', "tfree compiled", "tfree untiled", 0.95),
+    Row("numpy", 'NumPy "auto" vs chunk_size=None', "tfree", "tfree untiled", 0.95),
 )
-FRAMEWORKS = ("torch", "tensorflow", "jax")
+FRAMEWORKS = ("torch", "tensorflow", "jax", "numpy")
 
 
 def _times(backend: str, n: int, d: int, threads: int, repeats: int) -> dict[str, float]:
