@@ -23,12 +23,7 @@ RTOL = 1e-12
 D_IN, D = 6, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 stays float64 in JAX
 
 
 def init(seed: int = 0):

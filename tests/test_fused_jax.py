@@ -24,13 +24,7 @@ from tfree_jax import _pallas  # noqa: E402
 from tfree_core import engine  # noqa: E402
 from tfree_core.engine import Tiling  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 stays float64 in JAX
 
 
 def _rng():

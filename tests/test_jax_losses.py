@@ -26,12 +26,7 @@ REDUCTIONS = ("mean", "sum", "none")
 MAPS = (("arctanh", None), ("temperature", 0.3))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 stays float64 in JAX
 
 
 @dataclass

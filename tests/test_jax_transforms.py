@@ -16,12 +16,7 @@ import tfree_core  # noqa: E402
 N, D = 6, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 stays float64 in JAX
 
 
 def _data(seed: int = 0, batch: tuple[int, ...] = ()):

@@ -42,18 +42,7 @@ TRACED = [b for b in INSTALLED if b != "core"]
 RAN: dict[str, int] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    """float64 stays float64 in JAX, as in the other libraries (messages name dtypes)."""
-    if "jax" not in INSTALLED:
-        yield
-        return
-    import jax
-
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 stays float64 in JAX
 
 
 @pytest.fixture

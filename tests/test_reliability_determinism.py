@@ -137,17 +137,7 @@ def all_fingerprints(backends) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    if "jax" not in BACKENDS:
-        yield
-        return
-    import jax
-
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 stays float64 in JAX
 
 
 @pytest.fixture(scope="module")

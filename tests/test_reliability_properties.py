@@ -61,17 +61,7 @@ CONDITIONED: dict[str, int] = {}  # examples that needed the rounding term of S
 WORST: dict[str, float] = {}  # largest error / tolerance seen
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    if "jax" not in BACKENDS:
-        yield
-        return
-    import jax
-
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")  # float64 stays float64 in JAX
 
 
 # --------------------------------------------------------------------------- inputs
