@@ -1,9 +1,10 @@
 """One framework's measurements in its own process, one JSON line per result
 (``python -m benchmarks._child ...``; used by ``python -m benchmarks``).
 
-``--task time``: for each ``(N, D)``, every variant timed interleaved (median of
-``--repeats``). ``--task memory``: the peak memory of the variants named by ``--variants``
-(each in turn, see ``_harness.measure_memory``; the parent starts one child per variant).
+``--task time``: for each ``(N, D)``, every variant timed interleaved (the median of
+``--repeats`` calls, and every call's seconds as ``samples``). ``--task memory``: the peak
+memory of the variants named by ``--variants`` (each in turn, see
+``_harness.measure_memory``; the parent starts one child per variant).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import json
 import os
+import statistics
 import sys
 import traceback
 import warnings
@@ -94,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as err:  # reported, the other variants still run
                     rows[v.name].update(status="error", reason=f"{type(err).__name__}: {err}")
             try:
-                times = _harness.interleaved(steps, args.repeats, args.warmup)
+                samples = _harness.interleaved_samples(steps, args.repeats, args.warmup)
             except Exception as err:
                 _emit(**base, status="error", reason=f"{type(err).__name__}: {err}",
                       trace=traceback.format_exc(limit=6))
                 continue
-            for name, seconds in times.items():
-                rows[name].update(status="ok", seconds=seconds, repeats=args.repeats)
+            for name, seconds in samples.items():
+                rows[name].update(status="ok", seconds=statistics.median(seconds),
+                                  samples=seconds, repeats=args.repeats)
                 if args.with_memory:  # already warm: the peak of one more call
                     rows[name]["peak_bytes"] = _harness.measure_memory(
                         steps[name], warmup=0)["peak_bytes"]

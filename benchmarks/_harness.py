@@ -1,9 +1,11 @@
 """Timing and memory measurement shared by every framework's benchmark.
 
 * **Time**: the variants of one ``(N, D)`` are called interleaved in one process (each repeat
-  calls every variant once, in an order rotated by one per repeat, so that load on a shared
-  machine hits them alike), each call synchronised; the median over repeats is reported,
-  and ratios are taken between medians of the same run.
+  calls every variant once, in a fresh seeded random order, so that load on a shared
+  machine hits them alike and no variant always runs after the same one), each call
+  synchronised; the median over repeats is reported, and ratios are taken between medians
+  of the same run. :func:`paired_ratio` is the sturdier ratio of two variants: the median
+  of their per-repeat ratios, each taken between two calls made moments apart.
 * **Peak memory**: in a child process (:func:`measure_memory`, run by ``benchmarks._child``),
   after the inputs are built and one warm-up call (compilation) has run: the kernel's peak
   resident set size (``VmHWM`` of ``/proc/self/status``) is reset by writing ``5`` to
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import statistics
 import sys
 import time
@@ -46,23 +49,42 @@ class Variant:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def interleaved(steps: dict[str, Step], repeats: int, warmup: int = 1,
-                tick: Callable[[], None] | None = None) -> dict[str, float]:
-    """Median seconds per call of each step, calls interleaved in rotating order."""
+def interleaved_samples(steps: dict[str, Step], repeats: int, warmup: int = 1,
+                        tick: Callable[[], None] | None = None,
+                        seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of every call of each step, by repeat: every repeat calls each step once,
+    in an order drawn afresh (``random.Random(seed)``) after ``warmup`` calls of each."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     names = list(steps)
+    order = random.Random(seed)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names) if names else 0
-        for name in names[shift:] + names[:shift]:
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
         if tick is not None:
             tick()
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved(steps: dict[str, Step], repeats: int, warmup: int = 1,
+                tick: Callable[[], None] | None = None) -> dict[str, float]:
+    """Median seconds per call of each step, calls interleaved (:func:`interleaved_samples`)."""
+    samples = interleaved_samples(steps, repeats, warmup, tick)
+    return {name: statistics.median(t) for name, t in samples.items()}
+
+
+def paired_ratio(ours: list[float], reference: list[float]) -> float:
+    """``median_r(reference[r] / ours[r])`` over the repeats ``r`` of one interleaved run:
+    each ratio compares two calls of the same repeat, so a slow spell of the machine
+    that spans a repeat cancels out of it, where it would shift one median alone."""
+    if len(ours) != len(reference) or not ours:
+        raise ValueError(f"paired_ratio needs two equally long, non-empty runs; got "
+                         f"{len(ours)} and {len(reference)} samples")
+    return statistics.median(r / o for o, r in zip(ours, reference, strict=True))
 
 
 # --------------------------------------------------------------------------- memory

@@ -20,8 +20,9 @@ Pairs layout (InfoNCE), N ∈ {1024, 4096}, D ∈ {128, 512}, every candidate ti
 NT-Xent layout (2N' = N rows): ``tfree_jax.nt_xent`` vs ``optax.losses.ntxent``
 (τ = 0.5), where the latter fits in memory: it builds an N×N×D temporary.
 
-Calls are interleaved (one repeat of every candidate, in rotating order, then the next
-repeat), each synchronised with ``block_until_ready``; the table gives medians.
+Calls are interleaved (one repeat of every candidate, in a fresh random order, then the
+next repeat; ``benchmarks._harness``), each synchronised with ``block_until_ready``; the
+table gives medians.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -159,17 +158,12 @@ def _temp_bytes(fn: Callable, *args) -> int:
 
 
 def _interleaved(fns: dict[str, Callable], args: tuple, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved in rotating order."""
-    for fn in fns.values():  # compile and warm up
-        jax.block_until_ready(fn(*args))
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            jax.block_until_ready(fns[name](*args))
-            times[name].append(time.perf_counter() - start)
-    return {n: statistics.median(t) for n, t in times.items()}
+    """Median seconds per call of each function (``_harness.interleaved``), each call
+    synchronised; the first call of each (compilation) is not timed."""
+    from benchmarks._harness import interleaved
+
+    steps = {name: (lambda fn=fn: jax.block_until_ready(fn(*args))) for name, fn in fns.items()}
+    return interleaved(steps, repeats)
 
 
 def _data(n: int, d: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:

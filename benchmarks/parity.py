@@ -9,8 +9,9 @@ of ``bench_torch``, ``bench_tf``, ``bench_jax``; times are medians of interleave
 see ``_harness``); one thread pins the child to one core
 (``os.sched_setaffinity``) and sets the framework's own pools to one thread.
 
-Rows (tfree's variant / the reference; ratio = reference time / tfree time, > 1: tfree
-faster; the goal is the last column):
+Rows (tfree's variant / the reference; the times are medians, and the ratio is the median
+over repeats of reference time / tfree time, the two calls of each repeat made moments
+apart (``_harness.paired_ratio``), > 1: tfree faster; the goal is the last column):
 
 * PyTorch eager: ``tfree`` / ``autodiff compiled`` (``torch.compile`` of the formula): ≥ 0.95;
 * PyTorch eager: ``tfree`` / ``autodiff eager``: ≥ 1;
@@ -29,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks.__main__ import _child, environment, installed
+from benchmarks._harness import paired_ratio
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ ROWS = (
 FRAMEWORKS = ("torch", "tensorflow", "jax", "numpy")
 
 
-def _times(backend: str, n: int, d: int, threads: int, repeats: int) -> dict[str, float]:
+def _samples(backend: str, n: int, d: int, threads: int,
+             repeats: int) -> dict[str, list[float]]:
     names = sorted({name for row in ROWS if row.backend == backend
                     for name in (row.ours, row.reference)})
     args = SimpleNamespace(repeats=repeats, chunk=256, peer_max_gib=0.0,
@@ -74,7 +78,7 @@ def _times(backend: str, n: int, d: int, threads: int, repeats: int) -> dict[str
     failed = [r for r in rows if r.get("status") == "error"]
     if failed:
         raise RuntimeError(f"{backend} N={n} D={d}: {failed[0].get('reason')}")
-    return {r["variant"]: r["seconds"] for r in rows if r.get("status") == "ok"}
+    return {r["variant"]: r["samples"] for r in rows if r.get("status") == "ok"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [(int(n), int(d)) for n in args.n.split(",") for d in args.d.split(",")]
     settings = [int(t) for t in args.threads.split(",")]
     lines = [f"{environment()}", "",
+             f"Times: medians of {args.repeats} interleaved calls; ratio: the median over those "
+             "repeats of reference / tfree, each pair timed in the same repeat.", "",
              "| framework, mode | threads | N | D | tfree (ms) | reference (ms) | ratio | goal |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     missed = 0
@@ -98,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         label = str(threads) if threads else f"default ({len(os.sched_getaffinity(0))})"
         for backend in backends:
             for n, d in sizes:
-                times = _times(backend, n, d, threads, args.repeats)
+                samples = _samples(backend, n, d, threads, args.repeats)
                 for row in (r for r in ROWS if r.backend == backend):
-                    ours, ref = times[row.ours], times[row.reference]
-                    ratio = ref / ours
+                    ours = statistics.median(samples[row.ours])
+                    ref = statistics.median(samples[row.reference])
+                    ratio = paired_ratio(samples[row.ours], samples[row.reference])
                     ok = ratio >= row.goal
                     missed += not ok
                     lines.append(f"| {row.mode} | {label} | {n} | {d} | {ours * 1e3:.1f} | "

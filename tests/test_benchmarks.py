@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -123,8 +124,40 @@ def test_interleaved_times_every_step():
     times = _harness.interleaved(steps, repeats=3, warmup=1)
     assert set(times) == {"a", "b", "c"}
     assert all(t >= 0 for t in times.values())
-    # one warm-up each, then three repeats in rotated order
-    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert calls[:3] == ["a", "b", "c"]  # one warm-up each, in order
+    rounds = [calls[i:i + 3] for i in range(3, len(calls), 3)]
+    assert len(rounds) == 3
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+
+
+def test_interleaved_orders_are_drawn_afresh_and_seeded():
+    """No step always runs after the same one: over 12 repeats of 4 steps the orders
+    differ, and the same seed draws the same orders."""
+    def run(seed: int) -> list[str]:
+        calls: list[str] = []
+        steps = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+        samples = _harness.interleaved_samples(steps, repeats=12, warmup=0, seed=seed)
+        assert {name: len(t) for name, t in samples.items()} == dict.fromkeys("abcd", 12)
+        return calls
+
+    calls = run(0)
+    rounds = {tuple(calls[i:i + 4]) for i in range(0, 48, 4)}
+    assert len(rounds) > 3
+    before_a = {r[r.index("a") - 1] for r in rounds if r[0] != "a"}
+    assert len(before_a) > 1
+    assert run(0) == calls
+    assert run(1) != calls
+
+
+def test_paired_ratio_cancels_a_slow_spell():
+    """A slow spell of the machine that begins between the two calls of repeat 3 and lasts
+    to the end: the ratio of medians reads 3.6, the paired ratio still 1.2."""
+    ours = [1.0, 1.0, 1.0, 3.0, 3.0]
+    reference = [1.2, 1.2, 3.6, 3.6, 3.6]
+    assert statistics.median(reference) / statistics.median(ours) == pytest.approx(3.6)
+    assert _harness.paired_ratio(ours, reference) == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="2 and 1 samples"):
+        _harness.paired_ratio([1.0, 1.0], [1.0])
 
 
 def test_parity_table_has_a_verdict(tmp_path):
