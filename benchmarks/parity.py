@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +67,8 @@ ROWS = (
 FRAMEWORKS = ("torch", "tensorflow", "jax", "numpy")
 
 
-def _samples(backend: str, n: int, d: int, threads: int,
-             repeats: int) -> dict[str, list[float]]:
+def _timed(backend: str, n: int, d: int, threads: int, repeats: int) -> dict[str, dict]:
+    """The child's timing row of each variant (``seconds``: the median; ``samples``)."""
     names = sorted({name for row in ROWS if row.backend == backend
                     for name in (row.ours, row.reference)})
     args = SimpleNamespace(repeats=repeats, chunk=256, peer_max_gib=0.0,
@@ -78,7 +77,7 @@ def _samples(backend: str, n: int, d: int, threads: int,
     failed = [r for r in rows if r.get("status") == "error"]
     if failed:
         raise RuntimeError(f"{backend} N={n} D={d}: {failed[0].get('reason')}")
-    return {r["variant"]: r["samples"] for r in rows if r.get("status") == "ok"}
+    return {r["variant"]: r for r in rows if r.get("status") == "ok"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         label = str(threads) if threads else f"default ({len(os.sched_getaffinity(0))})"
         for backend in backends:
             for n, d in sizes:
-                samples = _samples(backend, n, d, threads, args.repeats)
+                timed = _timed(backend, n, d, threads, args.repeats)
                 for row in (r for r in ROWS if r.backend == backend):
-                    ours = statistics.median(samples[row.ours])
-                    ref = statistics.median(samples[row.reference])
-                    ratio = paired_ratio(samples[row.ours], samples[row.reference])
+                    ours, ref = timed[row.ours]["seconds"], timed[row.reference]["seconds"]
+                    ratio = paired_ratio(timed[row.ours]["samples"],
+                                         timed[row.reference]["samples"])
                     ok = ratio >= row.goal
                     missed += not ok
                     lines.append(f"| {row.mode} | {label} | {n} | {d} | {ours * 1e3:.1f} | "
